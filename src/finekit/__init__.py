@@ -1,0 +1,10 @@
+"""finekit: fine-tune pre-trained models for one task with little data — cheap, safe,
+provable. `from finekit import Recipe, finetune`."""
+
+__version__ = "0.1.0"
+
+from finekit.api import FinetuneResult, finetune, make_recipe  # noqa: E402
+from finekit.recipe import Recipe  # noqa: E402
+from finekit.serve.predict import load_run  # noqa: E402
+
+__all__ = ["FinetuneResult", "Recipe", "__version__", "finetune", "load_run", "make_recipe"]

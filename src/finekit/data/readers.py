@@ -1,0 +1,122 @@
+"""Readers: a file, a saved HF `datasets` folder or an `hf://` name -> a pandas DataFrame.
+
+Every failure names the file and the fix (missing, not UTF-8, not parseable, empty).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from finekit.errors import DataError
+
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def detect_format(path: str) -> str:
+    """Guess the format of `path` from its suffix or folder content."""
+    if path.startswith("hf://"):
+        return "hf"
+    p = Path(path)
+    if p.is_dir():
+        if any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            return "hf"
+        raise DataError(
+            f"{p} is a folder but not a saved HF dataset (no dataset_dict.json/state.json); "
+            "point data.* at a .csv/.tsv/.jsonl/.parquet file or a `save_to_disk` folder"
+        )
+    fmt = SUFFIX_FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{p}: cannot tell the format from the suffix {p.suffix!r}; use one of "
+            f"{sorted(SUFFIX_FORMATS)} or set data.format"
+        )
+    return fmt
+
+
+def read_table(path: str, fmt: str = "auto", hf_split: str | None = None) -> pd.DataFrame:
+    """Read one split as a DataFrame. `hf_split` picks a split of a DatasetDict."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt != "hf" and not Path(path).is_file():
+        raise DataError(f"data file {path} does not exist (check data.train/validation/test)")
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+        elif fmt == "tsv":
+            df = pd.read_csv(
+                path, sep="\t", encoding="utf-8", keep_default_na=False, na_values=[""],
+                quoting=3,  # csv.QUOTE_NONE: TSV corpora (GLUE) carry bare quotes in text
+            )
+        elif fmt == "jsonl":
+            df = _read_json_lines(path)
+        elif fmt == "parquet":
+            df = pd.read_parquet(path)
+        elif fmt == "hf":
+            df = _read_hf(path, hf_split)
+        else:  # pragma: no cover - guarded by the recipe's Literal
+            raise DataError(f"{path}: unknown format {fmt!r}")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"data file {path} is not UTF-8 (byte {e.start}: {e.reason}); re-save it as UTF-8"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data file {path} is empty") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"data file {path} could not be read as {fmt}: {e}") from None
+    if len(df) == 0:
+        raise DataError(f"data file {path} has a header but no rows")
+    return df
+
+
+def _read_json_lines(path: str) -> pd.DataFrame:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of records
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"data file {path} is not valid JSON: {e}") from None
+        return pd.DataFrame.from_records(data)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"data file {path} line {lineno} is not valid JSON: {e.msg}") from None
+    return pd.DataFrame.from_records(rows)
+
+
+def _read_hf(path: str, split: str | None) -> pd.DataFrame:
+    import datasets
+
+    try:
+        if path.startswith("hf://"):
+            ds = datasets.load_dataset(path[len("hf://") :])
+        else:
+            ds = datasets.load_from_disk(path)
+    except Exception as e:  # datasets raises many types; all mean "cannot load this"
+        raise DataError(f"HF dataset {path} could not be loaded: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None or split not in ds:
+            raise DataError(
+                f"HF dataset {path} has splits {list(ds)}; split {split!r} is not one of them "
+                "(set data.hf_splits)"
+            )
+        ds = ds[split]
+    return ds.to_pandas()

@@ -1,0 +1,118 @@
+"""Splits: read train/validation/test, hold out stratified parts, sample k per class.
+
+Splitting is reproducible by seed; every impossible request (too few examples of a class)
+is an error naming the classes and their counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from finekit.data.readers import read_table
+from finekit.errors import DataError
+from finekit.recipe import DataSpec
+
+
+@dataclass
+class Splits:
+    """DataFrames per split plus where each came from (a file, or 'held out of <file>')."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame | None = None
+    test: pd.DataFrame | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:
+        out = [("train", self.train)]
+        if self.validation is not None:
+            out.append(("validation", self.validation))
+        if self.test is not None:
+            out.append(("test", self.test))
+        return out
+
+
+def read_splits(spec: DataSpec) -> Splits:
+    """Read the files named in `data`; an HF DatasetDict given as train also fills the rest."""
+    train = read_table(spec.train, spec.format, spec.hf_splits.get("train"))
+    sources = {"train": spec.train}
+    out = Splits(train=train, sources=sources)
+    for split in ("validation", "test"):
+        path = getattr(spec, split)
+        if path is None and _is_dataset_dict(spec.train, spec.format):
+            hf_name = spec.hf_splits.get(split)
+            if hf_name and _has_split(spec.train, hf_name):
+                path = spec.train
+        if path is not None:
+            setattr(out, split, read_table(path, spec.format, spec.hf_splits.get(split)))
+            sources[split] = path if path != spec.train else f"{path}[{spec.hf_splits[split]}]"
+    return out
+
+
+def _is_dataset_dict(path: str, fmt: str) -> bool:
+    from pathlib import Path
+
+    if path.startswith("hf://"):
+        return True
+    return (fmt in ("auto", "hf")) and (Path(path) / "dataset_dict.json").exists()
+
+
+def _has_split(path: str, split: str) -> bool:
+    from pathlib import Path
+
+    if path.startswith("hf://"):
+        return True  # resolved (and checked) at read time
+    import json
+
+    meta = json.loads((Path(path) / "dataset_dict.json").read_text())
+    return split in meta.get("splits", [])
+
+
+def holdout(
+    df: pd.DataFrame, fraction: float, seed: int, stratify: str | None, source: str, what: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split `fraction` of `df` off (stratified on column `stratify` when given)."""
+    n_held = max(1, round(len(df) * fraction))
+    labels = df[stratify] if stratify else None
+    if labels is not None:
+        counts = labels.value_counts()
+        n_classes = len(counts)
+        n_held = max(n_held, n_classes)  # a stratified split needs each class once
+        rare = counts[counts < 2]
+        if len(rare) or len(df) - n_held < n_classes:
+            raise DataError(
+                f"{source}: cannot hold out a stratified {what} split: "
+                + (
+                    f"classes with fewer than 2 examples: {_fmt_counts(rare)}"
+                    if len(rare)
+                    else f"{len(df)} rows are too few for {n_classes} classes"
+                )
+                + f"; give a {what} file (data.{what}) or add examples"
+            )
+    rest, held = train_test_split(
+        df, test_size=n_held, random_state=seed, stratify=labels, shuffle=True
+    )
+    return rest.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def sample_per_class(df: pd.DataFrame, column: str, k: int, seed: int, source: str) -> pd.DataFrame:
+    """Keep k rows per class, reproducibly by seed; error naming classes with fewer than k."""
+    counts = df[column].value_counts()
+    short = counts[counts < k]
+    if len(short):
+        raise DataError(
+            f"{source}: data.k_per_class={k} but {len(short)} class(es) have fewer examples: "
+            f"{_fmt_counts(short)}; lower k_per_class (largest possible: {int(counts.min())})"
+        )
+    parts = [
+        g.sample(n=k, random_state=seed) for _, g in df.groupby(column, sort=True, dropna=False)
+    ]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _fmt_counts(counts: pd.Series, limit: int = 8) -> str:
+    items = [f"{k!r}: {v}" for k, v in counts.sort_values().items()]
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -1,0 +1,1 @@
+"""The evaluation room: metrics, plots, and running a task over a split."""

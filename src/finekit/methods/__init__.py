@@ -1,0 +1,22 @@
+"""The method room: what trains (full, freeze, lora...), one module per method."""
+
+from finekit.methods.base import (
+    METHODS,
+    Method,
+    MethodContext,
+    build_method,
+    count_parameters,
+    register_method,
+)
+from finekit.methods import freeze as _freeze  # noqa: F401,E402
+from finekit.methods import full as _full  # noqa: F401,E402
+from finekit.methods import lora as _lora  # noqa: F401,E402
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "build_method",
+    "count_parameters",
+    "register_method",
+]

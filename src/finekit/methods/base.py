@@ -1,0 +1,81 @@
+"""The method contract: which parameters train and how the result is exported.
+
+A method is one module: a config class (its recipe options) and a class with `apply`
+(make the model trainable the method's way) and `export` (write model/, adapter/...),
+registered with `register_method`. The loop never knows which method ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from finekit.models.base import LayerGroups, ModelFamily
+from finekit.recipe import MethodConfig
+from finekit.registry import Registry
+from finekit.tasks.base import HeadSpec
+
+
+@dataclass
+class MethodContext:
+    """What a method may look at: the model's layer groups and the task's head."""
+
+    groups: LayerGroups
+    head: HeadSpec
+    model_type: str | None = None  # e.g. "bert" (HF config.model_type), for per-arch defaults
+
+
+class Method(Protocol):
+    config: MethodConfig
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """Return the model to train (same object or a wrapper) with requires_grad set."""
+        ...
+
+    def export(self, model: nn.Module, family: ModelFamily, processor: Any, head: HeadSpec,
+               run_dir: Path, keep_adapter: bool) -> dict[str, str]:
+        """Write the trained model to run_dir/model (plain, loadable by its own library)."""
+        ...
+
+
+class PlainExport:
+    """Export for methods that train the model in place (full, freeze, BitFit...)."""
+
+    def export(self, model: nn.Module, family: ModelFamily, processor: Any, head: HeadSpec,
+               run_dir: Path, keep_adapter: bool) -> dict[str, str]:
+        family.save(model, processor, run_dir / "model", head)
+        return {"model": "model"}
+
+
+@dataclass
+class MethodEntry:
+    config_cls: type[MethodConfig]
+    factory: Callable[[Any], Method]
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(name: str, config_cls: type[MethodConfig],
+                    factory: Callable[[Any], Method]) -> None:
+    """Make a method available to recipes as `method: {name: <name>, ...}`."""
+    METHODS.register(name, MethodEntry(config_cls=config_cls, factory=factory))
+
+
+def build_method(config: MethodConfig) -> Method:
+    return METHODS.get(config.name).factory(config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def matches(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)

@@ -1,0 +1,160 @@
+"""HF transformers family: any model `AutoModelFor<Head>.from_pretrained` loads.
+
+Local folders and hub ids alike; remote code only when the recipe says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from finekit.errors import ModelError
+from finekit.models.base import LayerGroups, LoadedModel, register_family
+from finekit.models.resolve import resolve_model_path
+from finekit.recipe import ModelSpec
+from finekit.tasks.base import HeadSpec
+
+log = logging.getLogger(__name__)
+
+# head kind -> (transformers auto-model class name, processor kind)
+HEADS = {
+    "sequence-classification": ("AutoModelForSequenceClassification", "tokenizer"),
+    "causal-lm": ("AutoModelForCausalLM", "tokenizer"),
+    "masked-lm": ("AutoModelForMaskedLM", "tokenizer"),
+    "image-classification": ("AutoModelForImageClassification", "image"),
+    "audio-classification": ("AutoModelForAudioClassification", "audio"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFFamily:
+    name = "hf"
+
+    def can_load(self, path: str) -> bool:
+        p = Path(path)
+        if p.exists():
+            return (p / "config.json").is_file()
+        return "/" in path or path.isidentifier()  # a hub id: let from_pretrained decide
+
+    def _auto(self, head: HeadSpec) -> Any:
+        import transformers
+
+        if head.kind not in HEADS:
+            raise ModelError(f"the hf family has no head {head.kind!r}; known: {list(HEADS)}")
+        return getattr(transformers, HEADS[head.kind][0])
+
+    def _head_kwargs(self, head: HeadSpec) -> dict[str, Any]:
+        if head.num_labels is None:
+            return {}
+        id2label = head.id2label or {i: str(i) for i in range(head.num_labels)}
+        return {
+            "num_labels": head.num_labels,
+            "id2label": {int(k): v for k, v in id2label.items()},
+            "label2id": {v: int(k) for k, v in id2label.items()},
+        }
+
+    def load(self, spec: ModelSpec, head: HeadSpec, pretrained: bool = True) -> LoadedModel:
+        from transformers import AutoConfig
+
+        path = resolve_model_path(spec.path)
+        p = Path(path)
+        if p.exists() and not (p / "config.json").is_file():
+            raise ModelError(
+                f"model.path {spec.path!r} is not a model: {path} has no config.json "
+                "(expected an HF model folder saved with save_pretrained)"
+            )
+        common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+        auto = self._auto(head)
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        # The "newly initialised head" load report is expected here; we log our own line.
+        transformers.logging.set_verbosity_error()
+        try:
+            processor = self._processor(path, head, common)
+            if pretrained:
+                model = auto.from_pretrained(
+                    path, dtype=DTYPES[spec.dtype], ignore_mismatched_sizes=True,
+                    **self._head_kwargs(head), **common,
+                )
+            else:
+                config = AutoConfig.from_pretrained(path, **self._head_kwargs(head), **common)
+                model = auto.from_config(config, trust_remote_code=spec.trust_remote_code)
+                model.to(DTYPES[spec.dtype])
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(
+                f"model.path {spec.path!r} could not be loaded as {HEADS[head.kind][0]}: "
+                f"{str(e).splitlines()[0]}"
+                + (" (offline? set HF_HUB_OFFLINE=0 or use a local folder)" if not p.exists()
+                   else "")
+            ) from None
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        self._ensure_pad(model, processor)
+        return LoadedModel(model=model, processor=processor, family=self.name, source=path)
+
+    def _processor(self, path: str, head: HeadSpec, common: dict[str, Any]) -> Any:
+        kind = HEADS[head.kind][1]
+        if kind == "tokenizer":
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(path, **common)
+        if kind == "image":
+            from transformers import AutoImageProcessor
+
+            return AutoImageProcessor.from_pretrained(path, **common)
+        from transformers import AutoFeatureExtractor
+
+        return AutoFeatureExtractor.from_pretrained(path, **common)
+
+    @staticmethod
+    def _ensure_pad(model: nn.Module, processor: Any) -> None:
+        """Decoder-only tokenizers often lack a pad token; batching needs one."""
+        if getattr(processor, "pad_token", "x") is None and processor.eos_token is not None:
+            processor.pad_token = processor.eos_token
+        cfg = getattr(model, "config", None)
+        if cfg is not None and getattr(cfg, "pad_token_id", 0) is None and hasattr(
+            processor, "pad_token_id"
+        ):
+            cfg.pad_token_id = processor.pad_token_id
+
+    def save(self, model: nn.Module, processor: Any, out_dir: Path, head: HeadSpec) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)  # safetensors
+        if processor is not None:
+            processor.save_pretrained(out_dir)
+
+    def layer_groups(self, model: nn.Module) -> LayerGroups:
+        prefix = getattr(model, "base_model_prefix", "")
+        base = getattr(model, prefix, None) if prefix else None
+        if base is None:
+            base, prefix = model, ""
+        dot = f"{prefix}." if prefix else ""
+        groups = LayerGroups()
+        # The block stack: the longest ModuleList of same-type children (encoder.layer...).
+        best: tuple[str, nn.ModuleList] | None = None
+        for name, mod in base.named_modules():
+            if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (
+                best is None or len(mod) > len(best[1])
+            ) and len({type(m) for m in mod}) == 1:
+                best = (name, mod)
+        if best is not None:
+            groups.layers = [f"{dot}{best[0]}.{i}" for i in range(len(best[1]))]
+        for name, _ in base.named_children():
+            if "embed" in name:
+                groups.embeddings.append(f"{dot}{name}")
+        if not groups.embeddings:
+            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            for name, mod in model.named_modules():
+                if emb is not None and mod is emb:
+                    groups.embeddings.append(name)
+        if prefix:
+            groups.head = [n for n, _ in model.named_children() if n != prefix]
+        return groups
+
+
+register_family(HFFamily())

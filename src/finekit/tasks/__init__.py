@@ -1,0 +1,22 @@
+"""The task room: one module per task, each registered by name."""
+
+from finekit.tasks.base import (
+    TASKS,
+    EncodedDataset,
+    HeadSpec,
+    Prepared,
+    Task,
+    build_task,
+    register_task,
+)
+from finekit.tasks import classify as _classify  # noqa: F401,E402  (registers "classify")
+
+__all__ = [
+    "TASKS",
+    "EncodedDataset",
+    "HeadSpec",
+    "Prepared",
+    "Task",
+    "build_task",
+    "register_task",
+]

@@ -1,0 +1,279 @@
+"""Task `classify`: one label per example, for text now (any HF encoder).
+
+Labels come from a column of strings or ints; their names travel into the exported
+model's config (`id2label`). Inputs longer than `training.max_length` are counted and
+reported (how many, what share of tokens is lost), never cut silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from finekit.data.splits import Splits, holdout, sample_per_class
+from finekit.errors import DataError
+from finekit.evaluate.metrics import classification_metrics
+from finekit.recipe import Recipe, TaskConfig
+from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
+
+log = logging.getLogger(__name__)
+
+
+class ClassifyConfig(TaskConfig):
+    """Options of `classify`."""
+
+    name: str = "classify"
+    # Soft targets (Szegedy et al. 2016): 0.1 often helps small, noisy label sets.
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ClassifyTask:
+    """Text classification (sequence classification head)."""
+
+    name = "classify"
+
+    def __init__(self, config: ClassifyConfig) -> None:
+        self.config = config
+        self.labels: list[str] = []
+        self.text_column = "text"
+        self.pair_column: str | None = None
+        self.label_column = "label"
+        self.max_length = 128
+        self.truncation: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
+        d = recipe.data
+        self.text_column, self.pair_column, self.label_column = (
+            d.text_column, d.text_pair_column, d.label_column,
+        )
+        self.max_length = recipe.training.max_length
+        seed = recipe.training.seed
+        for split, df in splits.items():
+            self._check(df, splits.sources.get(split, split), with_labels=True)
+
+        train = splits.train
+        src = splits.sources["train"]
+        raw_labels = train[self.label_column]
+        self.labels = _label_names(raw_labels)
+        for split, df in splits.items():
+            if split == "train":
+                continue
+            unseen = sorted(set(_as_label(df[self.label_column])) - set(self.labels))
+            if unseen:
+                raise DataError(
+                    f"{splits.sources[split]}: label(s) {unseen[:10]} in column "
+                    f"{self.label_column!r} never occur in training data {src}; remove those rows "
+                    "or add training examples"
+                )
+        train = train.assign(**{self.label_column: _as_label(raw_labels)})
+        val, test = splits.validation, splits.test
+        if val is not None:
+            val = val.assign(**{self.label_column: _as_label(val[self.label_column])})
+        if test is not None:
+            test = test.assign(**{self.label_column: _as_label(test[self.label_column])})
+        sources = dict(splits.sources)
+        if test is None and d.test_fraction > 0:
+            train, test = holdout(train, d.test_fraction, seed, self.label_column, src, "test")
+            sources["test"] = f"{d.test_fraction:.0%} held out of {src}"
+        if val is None and d.validation_fraction > 0:
+            train, val = holdout(
+                train, d.validation_fraction, seed, self.label_column, src, "validation"
+            )
+            sources["validation"] = f"{d.validation_fraction:.0%} held out of {src}"
+        if d.k_per_class is not None:
+            train = sample_per_class(train, self.label_column, d.k_per_class, seed, src)
+        if d.max_train_samples is not None and len(train) > d.max_train_samples:
+            train = train.sample(n=d.max_train_samples, random_state=seed).reset_index(drop=True)
+        missing = sorted(set(self.labels) - set(train[self.label_column]))
+        if missing:
+            log.warning("classes absent from the sampled training set: %s", missing[:10])
+        out = Splits(train=train, validation=val, test=test, sources=sources)
+        counts = {s: int(len(df)) for s, df in out.items()}
+        return Prepared(
+            splits=out,
+            info={
+                "labels": self.labels,
+                "num_labels": len(self.labels),
+                "rows": counts,
+                "sources": sources,
+                "train_class_counts": {
+                    k: int(v) for k, v in train[self.label_column].value_counts().sort_index().items()
+                },
+            },
+        )
+
+    def _check(self, df: pd.DataFrame, source: str, with_labels: bool) -> None:
+        needed = [self.text_column] + ([self.pair_column] if self.pair_column else [])
+        if with_labels:
+            needed.append(self.label_column)
+        fields = {self.text_column: "data.text_column", self.label_column: "data.label_column"}
+        if self.pair_column:
+            fields[self.pair_column] = "data.text_pair_column"
+        for col in needed:
+            if col not in df.columns:
+                raise DataError(
+                    f"{source}: no column {col!r} (set {fields[col]}); columns are "
+                    f"{[str(c) for c in df.columns]}"
+                )
+            empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+            if empty.any():
+                rows = (np.flatnonzero(empty.to_numpy())[:5] + 2).tolist()  # +2: header, 1-based
+                raise DataError(
+                    f"{source}: column {col!r} is empty in {int(empty.sum())} row(s) "
+                    f"(file lines {rows}...); fill or drop them"
+                )
+
+    def head(self) -> HeadSpec:
+        return HeadSpec(
+            kind="sequence-classification",
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+        )
+
+    # ------------------------------------------------------------------ features
+    def _texts(self, df: pd.DataFrame) -> tuple[list[str], list[str] | None]:
+        texts = df[self.text_column].astype(str).tolist()
+        pairs = df[self.pair_column].astype(str).tolist() if self.pair_column else None
+        return texts, pairs
+
+    def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
+        texts, pairs = self._texts(df)
+        full = processor(texts, pairs, truncation=False, add_special_tokens=True)
+        lengths = [len(ids) for ids in full["input_ids"]]
+        over = [i for i, n in enumerate(lengths) if n > self.max_length]
+        lost = sum(lengths[i] - self.max_length for i in over)
+        self.truncation[split] = {
+            "examples": len(over),
+            "share_of_examples": len(over) / max(1, len(lengths)),
+            "tokens_lost": lost,
+            "share_of_tokens_lost": lost / max(1, sum(lengths)),
+            "max_length": self.max_length,
+        }
+        if over:
+            log.warning(
+                "%s: %d of %d texts exceed max_length=%d tokens and are truncated "
+                "(%.1f%% of tokens lost); raise training.max_length to keep them",
+                split, len(over), len(lengths), self.max_length,
+                100 * self.truncation[split]["share_of_tokens_lost"],
+            )
+            enc = processor(texts, pairs, truncation=True, max_length=self.max_length)
+        else:
+            enc = full
+        index = {name: i for i, name in enumerate(self.labels)}
+        labels = (
+            [index[v] for v in _as_label(df[self.label_column])]
+            if self.label_column in df.columns
+            else None
+        )
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        feats = []
+        for i in range(len(texts)):
+            f = {k: enc[k][i] for k in keys}
+            if labels is not None:
+                f["labels"] = labels[i]
+            feats.append(f)
+        return EncodedDataset(feats, [len(f["input_ids"]) for f in feats])
+
+    def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], Batch]:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(processor, return_tensors="pt")
+
+    # ------------------------------------------------------------------ steps
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        # Loss in fp32 even under autocast: log-softmax over many classes loses bits in bf16.
+        return F.cross_entropy(
+            logits.float(), labels, label_smoothing=self.config.label_smoothing
+        )
+
+    def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float()
+        out = {"probs": logits.softmax(-1)}
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+        return out
+
+    def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        preds = outputs["probs"].argmax(-1).cpu().numpy()
+        return classification_metrics(outputs["labels"].cpu().numpy(), preds, self.labels)
+
+    def artifacts(self, outputs: dict[str, torch.Tensor], out_dir: Path, split: str) -> list[str]:
+        from finekit.evaluate.plots import plot_confusion_matrix
+
+        preds = outputs["probs"].argmax(-1).cpu().numpy()
+        name = f"confusion_matrix_{split}.png"
+        plot_confusion_matrix(
+            outputs["labels"].cpu().numpy(), preds, self.labels, out_dir / name,
+            title=f"Confusion matrix ({split})",
+        )
+        return [name]
+
+    # ------------------------------------------------------------------ inference
+    def read_inputs(self, df: pd.DataFrame, source: str) -> pd.DataFrame:
+        self._check(df, source, with_labels=False)
+        return df
+
+    def predict(
+        self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int
+    ) -> list[dict[str, Any]]:
+        from finekit.evaluate.runner import run_outputs
+
+        ds = self.encode(rows.drop(columns=[self.label_column], errors="ignore"), processor,
+                         "predict")
+        out = run_outputs(self, model, ds, self.collator(processor), batch_size)
+        probs = out["probs"]
+        top = probs.argmax(-1)
+        return [
+            {"label": self.labels[int(t)], "score": float(probs[i, t])}
+            for i, t in enumerate(top)
+        ]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "text_column": self.text_column,
+            "text_pair_column": self.pair_column,
+            "label_column": self.label_column,
+            "max_length": self.max_length,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.labels = list(state["labels"])
+        self.text_column = state["text_column"]
+        self.pair_column = state.get("text_pair_column")
+        self.label_column = state["label_column"]
+        self.max_length = int(state["max_length"])
+
+
+def _as_label(values: pd.Series) -> list[str]:
+    """Labels as strings: ints stay readable ("3"), floats that are ints lose ".0"."""
+    out = []
+    for v in values.tolist():
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(str(v).strip())
+    return out
+
+
+def _label_names(values: pd.Series) -> list[str]:
+    names = sorted(set(_as_label(values)))
+    if all(n.lstrip("-").isdigit() for n in names):
+        names = sorted(names, key=int)  # 0, 1, 2, ..., 10 (not 0, 1, 10, 2)
+    return names
+
+
+register_task("classify", ClassifyConfig, ClassifyTask)

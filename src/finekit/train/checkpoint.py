@@ -1,0 +1,185 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a folder `checkpoints/step-00000123/` with the trainable weights and all
+buffers (safetensors), optimizer and scheduler state (torch, loaded with weights_only=True),
+RNG states and the loop's `Progress`. It is written to a temporary folder and renamed into
+place, so a folder with the final name is always complete; a crash mid-write leaves only a
+`.tmp-*` folder that is ignored and cleaned up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from finekit.errors import RunDirError
+
+# File names inside a checkpoint folder (torchtune-style named constants).
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
+RNG_TENSORS = "rng.safetensors"
+RNG_STATE = "rng.json"
+PROGRESS = "progress.json"
+PREFIX = "step-"
+
+
+@dataclass
+class Progress:
+    """The loop's position: everything needed, with the files, to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the current epoch (0-based)
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # callbacks' own state (schedules...)
+
+
+def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and all buffers: frozen weights are rebuilt from the base model."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()}
+    state = model.state_dict()
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in state.items()
+        if k in trainable or k in buffers
+    }
+
+
+def save_checkpoint(
+    root: Path,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+    keep: int,
+) -> Path:
+    """Write a complete checkpoint atomically; keep only the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{progress.step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # safetensors refuses tensors that share memory (tied weights): clone them apart.
+    save_file({k: v.clone() for k, v in model_state.items()}, str(tmp / WEIGHTS))
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    torch.save(scheduler.state_dict(), tmp / SCHEDULER)
+    _save_rng(tmp)
+    (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=1))
+    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # re-saving the same step (after a resume): move the old one aside
+        old = root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are never listed)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    cps = list_checkpoints(root)
+    return cps[-1] if cps else None
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> Progress:
+    """Restore weights, optimizer, scheduler and RNG from `path`; return the progress."""
+    missing = [f for f in (WEIGHTS, OPTIMIZER, SCHEDULER, PROGRESS) if not (path / f).is_file()]
+    if missing:
+        raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); delete it")
+    state = load_file(str(path / WEIGHTS))
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise RunDirError(
+            f"checkpoint {path} does not fit this model/method: unknown weights {unknown[:3]}; "
+            "was the recipe changed since the run started?"
+        )
+    expected = set(checkpoint_state(model))
+    absent = sorted(expected - set(state))
+    if absent:
+        raise RunDirError(
+            f"checkpoint {path} lacks trainable weights {absent[:3]}; "
+            "was the method changed since the run started?"
+        )
+    model.load_state_dict(state, strict=False)
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
+    _load_rng(path)
+    data = json.loads((path / PROGRESS).read_text())
+    return Progress(**data)
+
+
+def _save_rng(folder: Path) -> None:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    save_file(tensors, str(folder / RNG_TENSORS))
+    py = random.getstate()
+    np_state = np.random.get_state()
+    (folder / RNG_STATE).write_text(
+        json.dumps(
+            {
+                "python": [py[0], list(py[1]), py[2]],
+                "numpy": [np_state[0], np_state[1].tolist(), *[float(x) for x in np_state[2:]]],
+            }
+        )
+    )
+
+
+def _load_rng(folder: Path) -> None:
+    if not (folder / RNG_TENSORS).is_file():
+        return
+    tensors = load_file(str(folder / RNG_TENSORS))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    data = json.loads((folder / RNG_STATE).read_text())
+    v, internal, gauss = data["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = data["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,359 @@
+"""The training loop, on accelerate (devices, DDP/FSDP, mixed precision, accumulation).
+
+Reads top to bottom: batch -> loss -> backward -> at the accumulation boundary clip,
+step, schedule, zero -> log a row (loss, lr, grad norm, samples/s, tokens/s) -> evaluate
+and checkpoint on schedule. The task says what a loss is; the loop never knows a modality.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from finekit.evaluate.metrics import headline
+from finekit.evaluate.runner import run_outputs
+from finekit.models.base import LayerGroups
+from finekit.recipe import EvaluationSpec, TrainingSpec
+from finekit.tasks.base import Batch, EncodedDataset, Task
+from finekit.train.callbacks import Control, fire
+from finekit.train.checkpoint import (
+    Progress,
+    checkpoint_state,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from finekit.train.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- pieces
+class EpochSampler(Sampler[int]):
+    """Shuffles per epoch from (seed, epoch) alone, so a resumed run replays the same order.
+
+    With `group_by_length`, transformers' LengthGroupedSampler makes batches of similar
+    length (less padding) while keeping randomness between mega-batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.group_by_length and len(set(self.lengths)) > 1:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            yield from LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=g)
+        else:
+            yield from torch.randperm(len(self.lengths), generator=g).tolist()
+
+
+def param_groups(model: nn.Module, spec: TrainingSpec, groups: LayerGroups) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms (ndim < 2); head at `head_lr`."""
+    head_lr = spec.head_lr or spec.lr
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = any(f".{h}." in f".{name}." for h in groups.head)
+        decay = p.ndim >= 2
+        buckets.setdefault((decay, is_head), []).append(p)
+    return [
+        {
+            "params": ps,
+            "weight_decay": spec.weight_decay if decay else 0.0,
+            "lr": head_lr if is_head else spec.lr,
+        }
+        for (decay, is_head), ps in sorted(buckets.items())
+    ]
+
+
+@dataclass
+class LoopState:
+    """What callbacks see."""
+
+    progress: Progress
+    total_steps: int
+    steps_per_epoch: int
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every eval row
+    model: nn.Module | None = None
+
+
+@dataclass
+class TrainSummary:
+    seconds: float
+    steps: int
+    epochs: float
+    samples_seen: int
+    tokens_seen: int
+    samples_per_second: float
+    tokens_per_second: float
+    precision: str
+    device: str
+    num_processes: int
+    resumed_from: str | None
+    history: list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- loop
+class Loop:
+    """One training run of `model` on `task` with `spec`, writing into `run_dir`."""
+
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        groups: LayerGroups,
+        train_data: EncodedDataset,
+        val_data: EncodedDataset | None,
+        collate: Callable[[list[dict[str, Any]]], Batch],
+        spec: TrainingSpec,
+        eval_spec: EvaluationSpec,
+        run_dir: Path,
+        callbacks: list[Any] | None = None,
+        save_checkpoints: bool = True,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.task, self.spec, self.eval_spec = task, spec, eval_spec
+        self.run_dir, self.callbacks = run_dir, list(callbacks or [])
+        self.train_data, self.val_data, self.collate = train_data, val_data, collate
+        self.save_checkpoints = save_checkpoints
+        self.acc = accelerator or make_accelerator(spec)
+        self.precision = self.acc.mixed_precision
+        self.sampler = EpochSampler(
+            train_data.lengths, spec.batch_size, spec.seed, spec.group_by_length
+        )
+        loader = DataLoader(
+            train_data, batch_size=spec.batch_size, sampler=self.sampler, collate_fn=collate,
+            num_workers=spec.num_workers, drop_last=False,
+        )
+        optimizer = torch.optim.AdamW(
+            param_groups(model, spec, groups), lr=spec.lr, betas=spec.adam_betas,
+            eps=spec.adam_eps,
+            fused=self.acc.device.type == "cuda" or None,
+        )
+        self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
+        # The scheduler steps once per optimizer step, by us, at sync boundaries only.
+        self.steps_per_epoch = max(1, math.ceil(len(self.loader) / spec.grad_accum))
+        self.total_steps = spec.max_steps or max(1, math.ceil(spec.epochs * self.steps_per_epoch))
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler,
+            self.optimizer, num_warmup_steps=round(spec.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.progress = Progress()
+        self.state = LoopState(self.progress, self.total_steps, self.steps_per_epoch)
+        self.control = Control()
+        self.metrics_file = run_dir / "metrics.jsonl"
+        self.ckpt_dir = run_dir / "checkpoints"
+
+    # ----------------------------------------------------------------- helpers
+    def _log_row(self, row: dict[str, Any]) -> None:
+        if self.acc.is_main_process:
+            with open(self.metrics_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _autocast_context(self) -> contextlib.AbstractContextManager[Any]:
+        """CPU + bf16: PyTorch's default SDPA backward is ~4x slower than the math kernel."""
+        if self.acc.device.type == "cpu" and self.precision == "bf16":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation pass on every process (identical data: no gather needed)."""
+        if self.val_data is None:
+            return {}
+        with self._autocast_context():
+            out = run_outputs(
+                self.task, self.model, self.val_data, self.collate, self.spec.eval_batch_size,
+                autocast=self.acc.autocast(), device=self.acc.device,
+            )
+        metrics = headline(self.task.metrics(out))
+        p = self.progress
+        row = {"split": "validation", "step": p.step,
+               "epoch": round(p.epoch + p.batches_in_epoch / max(1, len(self.loader)), 4),
+               **metrics}
+        self._log_row(row)
+        self.state.last_eval = row
+        self.state.history.append(row)
+        fire(self.callbacks, "on_evaluate", self.state, self.control)
+        return row
+
+    def checkpoint(self) -> None:
+        if not self.save_checkpoints:
+            return
+        self.acc.wait_for_everyone()
+        state = checkpoint_state(self.acc.unwrap_model(self.model))
+        if self.acc.is_main_process:
+            self.progress.extra["history"] = self.state.history
+            path = save_checkpoint(
+                self.ckpt_dir, state, self.optimizer, self.scheduler, self.progress,
+                keep=self.spec.keep_checkpoints,
+            )
+            fire(self.callbacks, "on_checkpoint", self.state, self.control, path=path)
+        self.acc.wait_for_everyone()
+
+    def resume(self, checkpoint: Path | None = None) -> Path | None:
+        """Continue from `checkpoint` (default: the newest complete one in run_dir)."""
+        path = checkpoint or latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return None
+        self.progress = load_checkpoint(
+            path, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler
+        )
+        self.state.progress = self.progress
+        self.state.history = list(self.progress.extra.get("history", []))
+        self.resumed_from = str(path)
+        log.info("resumed from %s (step %d, epoch %d)", path, self.progress.step,
+                 self.progress.epoch)
+        return path
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> TrainSummary:
+        acc, spec, p = self.acc, self.spec, self.progress
+        resumed_from = getattr(self, "resumed_from", None)
+        if resumed_from is None:
+            set_seed(spec.seed)  # dropout masks etc.; a resume restores the RNG instead
+        self.state.model = self.model
+        fire(self.callbacks, "on_train_begin", self.state, self.control)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=p.step, disable=not acc.is_local_main_process,
+                   desc="train", unit="step", dynamic_ncols=True)
+        window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
+        window_start = time.perf_counter()
+        grad_norm: float | None = None
+        self.model.train()
+        while p.step < self.total_steps and not self.control.should_stop:
+            self.sampler.set_epoch(p.epoch)
+            loader = self.loader
+            if p.batches_in_epoch:
+                loader = acc.skip_first_batches(self.loader, p.batches_in_epoch)
+            if p.batches_in_epoch == 0:
+                fire(self.callbacks, "on_epoch_begin", self.state, self.control)
+            t0 = time.perf_counter()
+            for batch in loader:
+                with acc.accumulate(self.model), self._autocast_context():
+                    loss = self.task.loss(self.model, batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        if spec.max_grad_norm is not None:
+                            grad_norm = float(
+                                acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
+                            )
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                p.batches_in_epoch += 1
+                n = len(next(iter(batch.values())))
+                tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+                window_loss += float(loss.detach())
+                window_n += 1
+                window_samples += n * acc.num_processes
+                window_tokens += tokens * acc.num_processes
+                p.samples_seen += n * acc.num_processes
+                p.tokens_seen += tokens * acc.num_processes
+                if not acc.sync_gradients:
+                    continue
+                p.step += 1
+                bar.update(1)
+                if p.step % spec.log_every == 0 or p.step == self.total_steps:
+                    dt = time.perf_counter() - window_start
+                    row = {
+                        "split": "train", "step": p.step,
+                        "epoch": round(p.epoch + p.batches_in_epoch / len(self.loader), 4),
+                        "loss": window_loss / max(1, window_n),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "samples_per_second": window_samples / dt,
+                        "tokens_per_second": window_tokens / dt,
+                    }
+                    self._log_row(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}",
+                                    sps=f"{row['samples_per_second']:.1f}")
+                    window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
+                    window_start = time.perf_counter()
+                fire(self.callbacks, "on_step_end", self.state, self.control)
+                every = self.eval_spec.every_steps
+                if (every and p.step % every == 0) or self.control.should_evaluate:
+                    self.control.should_evaluate = False
+                    self.evaluate()
+                    self.model.train()
+                if (spec.checkpoint_every and p.step % spec.checkpoint_every == 0) or (
+                    self.control.should_checkpoint
+                ):
+                    self.control.should_checkpoint = False
+                    p.train_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.checkpoint()
+                if p.step >= self.total_steps or self.control.should_stop:
+                    break
+            p.train_seconds += time.perf_counter() - t0
+            epoch_done = p.batches_in_epoch >= len(self.loader)
+            if epoch_done:
+                p.epoch += 1
+                p.batches_in_epoch = 0
+            if not self.eval_spec.every_steps and (epoch_done or p.step >= self.total_steps):
+                self.evaluate()
+                self.model.train()
+            if epoch_done:
+                fire(self.callbacks, "on_epoch_end", self.state, self.control)
+            self.checkpoint()
+        bar.close()
+        fire(self.callbacks, "on_train_end", self.state, self.control)
+        secs = max(p.train_seconds, 1e-9)
+        return TrainSummary(
+            seconds=p.train_seconds,
+            steps=p.step,
+            epochs=p.epoch + p.batches_in_epoch / max(1, len(self.loader)),
+            samples_seen=p.samples_seen,
+            tokens_seen=p.tokens_seen,
+            samples_per_second=p.samples_seen / secs,
+            tokens_per_second=p.tokens_seen / secs,
+            precision=self.precision,
+            device=str(acc.device),
+            num_processes=acc.num_processes,
+            resumed_from=resumed_from,
+            history=self.state.history,
+        )
+
+
+def make_accelerator(spec: TrainingSpec) -> Accelerator:
+    """One Accelerator per run; devices and distribution come from `accelerate launch`."""
+    device_type = "cuda" if torch.cuda.is_available() else (
+        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        else "cpu"
+    )
+    if device_type == "cpu":
+        # Denormals make fp32 CPU steps several times slower (GUIDE §5).
+        torch.set_flush_denormal(True)
+    mixed = resolve_precision(spec.precision, device_type)
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=spec.grad_accum)
