@@ -38,8 +38,9 @@ class FinetuneResult:
         return f"FinetuneResult(run_dir={str(self.run_dir)!r}, metrics={heads})"
 
 
-def make_recipe(recipe: Recipe | str | Path | dict[str, Any] | None = None,
-                **sections: Any) -> Recipe:
+def make_recipe(
+    recipe: Recipe | str | Path | dict[str, Any] | None = None, **sections: Any
+) -> Recipe:
     """A Recipe from a Recipe, a YAML path or a dict, with keyword sections merged on top:
     `make_recipe("r.yaml", training={"lr": 3e-5}, method="lora")`."""
     if recipe is None:
@@ -53,9 +54,13 @@ def make_recipe(recipe: Recipe | str | Path | dict[str, Any] | None = None,
     return Recipe.from_dict(deep_merge(base, sections), source="finetune()")
 
 
-def finetune(recipe: Recipe | str | Path | dict[str, Any] | None = None, *,
-             resume: bool = False, callbacks: list[Any] | None = None,
-             **sections: Any) -> FinetuneResult:
+def finetune(
+    recipe: Recipe | str | Path | dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
+    **sections: Any,
+) -> FinetuneResult:
     """Run a recipe end to end; keyword arguments mirror the recipe's sections.
 
     With `resume=True`, `recipe.output.dir` must be an earlier run of the same recipe: it
@@ -73,8 +78,9 @@ def finetune(recipe: Recipe | str | Path | dict[str, Any] | None = None, *,
         handler.close()
 
 
-def _run(r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any],
-         started: float) -> FinetuneResult:
+def _run(
+    r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any], started: float
+) -> FinetuneResult:
     task = build_task(r.task)
     prepared = task.prepare(read_splits(r.data), r)
     family = family_for(r.model)  # errors for "not a model" before any training
@@ -89,14 +95,29 @@ def _run(r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any],
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
     trainable, total = count_parameters(model)
-    log.info("%s: %s trainable of %s parameters (%.2f%%)", r.method.name, f"{trainable:,}",
-             f"{total:,}", 100 * trainable / max(1, total))
+    log.info(
+        "%s: %s trainable of %s parameters (%.2f%%)",
+        r.method.name,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(1, total),
+    )
 
     accelerator = make_accelerator(r.training)
-    loop = Loop(task, model, groups, encoded["train"], encoded.get("validation"),
-                task.collator(loaded.processor), r.training, r.evaluation, run_dir,
-                callbacks=callbacks, save_checkpoints=r.output.save_checkpoints,
-                accelerator=accelerator)
+    loop = Loop(
+        task,
+        model,
+        groups,
+        encoded["train"],
+        encoded.get("validation"),
+        task.collator(loaded.processor),
+        r.training,
+        r.evaluation,
+        run_dir,
+        callbacks=callbacks,
+        save_checkpoints=r.output.save_checkpoints,
+        accelerator=accelerator,
+    )
     if resume and loop.resume() is None:
         log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
     summary = loop.fit()
@@ -106,12 +127,19 @@ def _run(r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any],
     metrics: dict[str, dict[str, Any]] = {}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(loop.model, keep_fp32_wrapper=False)
-        artifacts.update(method.export(unwrapped, family, loaded.processor, task.head(),
-                                       run_dir, r.output.keep_adapter))
+        artifacts.update(
+            method.export(
+                unwrapped, family, loaded.processor, task.head(), run_dir, r.output.keep_adapter
+            )
+        )
         write_json(run_dir / TASK_JSON, task.state())
         run = read_json(run_dir / RUN_JSON)
-        run["model"] = {"path": r.model.path, "source": loaded.source, "family": family.name,
-                        "init": r.model.init}
+        run["model"] = {
+            "path": r.model.path,
+            "source": loaded.source,
+            "family": family.name,
+            "init": r.model.init,
+        }
         write_json(run_dir / RUN_JSON, run)
         # Final metrics come from the exported model, as `finekit eval`/`predict` see it.
         from finekit.serve.predict import load_run
@@ -120,41 +148,48 @@ def _run(r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any],
         for split, df in splits.items():
             if split == "train":
                 continue
-            m = exported.evaluate(df, prepared.splits.sources.get(split, split),
-                                  out_dir=run_dir / "eval", split=split)
+            m = exported.evaluate(
+                df, prepared.splits.sources.get(split, split), out_dir=run_dir / "eval", split=split
+            )
             m.pop("confusion_matrix", None)
             metrics[split] = m
             artifacts[f"eval_{split}"] = f"eval/{split}.json"
-        run.update({
-            "status": "completed",
-            "task": r.task.name,
-            "method": r.method.name,
-            "metrics": metrics,
-            "train": {
-                "seconds": round(summary.seconds, 2),
-                "samples_per_second": round(summary.samples_per_second, 2),
-                "tokens_per_second": round(summary.tokens_per_second, 1),
-                "trainable_parameters": trainable,
-                "total_parameters": total,
-                "steps": summary.steps,
-                "epochs": round(summary.epochs, 3),
-                "samples_seen": summary.samples_seen,
-                "precision": summary.precision,
-                "device": summary.device,
-                "num_processes": summary.num_processes,
-                "resumed_from": summary.resumed_from,
-            },
-            "data": {**prepared.info, "truncation": getattr(task, "truncation", {})},
-            "artifacts": artifacts,
-            "wall_seconds": round(time.time() - started, 2),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
+        run.update(
+            {
+                "status": "completed",
+                "task": r.task.name,
+                "method": r.method.name,
+                "metrics": metrics,
+                "train": {
+                    "seconds": round(summary.seconds, 2),
+                    "samples_per_second": round(summary.samples_per_second, 2),
+                    "tokens_per_second": round(summary.tokens_per_second, 1),
+                    "trainable_parameters": trainable,
+                    "total_parameters": total,
+                    "steps": summary.steps,
+                    "epochs": round(summary.epochs, 3),
+                    "samples_seen": summary.samples_seen,
+                    "precision": summary.precision,
+                    "device": summary.device,
+                    "num_processes": summary.num_processes,
+                    "resumed_from": summary.resumed_from,
+                },
+                "data": {**prepared.info, "truncation": getattr(task, "truncation", {})},
+                "artifacts": artifacts,
+                "wall_seconds": round(time.time() - started, 2),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
         write_json(run_dir / RUN_JSON, run)
     accelerator.wait_for_everyone()
     run = read_json(run_dir / RUN_JSON)
-    return FinetuneResult(run_dir=run_dir, model_dir=run_dir / "model",
-                          metrics=run.get("metrics", {}), train=run.get("train", {}),
-                          summary=run)
+    return FinetuneResult(
+        run_dir=run_dir,
+        model_dir=run_dir / "model",
+        metrics=run.get("metrics", {}),
+        train=run.get("train", {}),
+        summary=run,
+    )
 
 
 def _log_to(path: Path) -> logging.Handler:

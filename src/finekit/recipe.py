@@ -8,6 +8,7 @@ registered task/method brings its own config class, found by the section's `name
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -174,7 +175,9 @@ class Recipe(Section):
     model: ModelSpec
     task: SerializeAsAny[TaskConfig] = Field(default_factory=TaskConfig, validate_default=True)
     data: DataSpec
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=MethodConfig, validate_default=True)
+    method: SerializeAsAny[MethodConfig] = Field(
+        default_factory=MethodConfig, validate_default=True
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -302,10 +305,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = raw
         # YAML 1.1 reads 3e-5 as a string; numbers are what users mean.
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value) if any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                pass
         update = deep_merge(update, _undot({key: value}))
     return deep_merge(data, update)
 

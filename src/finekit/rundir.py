@@ -1,10 +1,10 @@
 """The run directory: everything a run made, and the rules for (re)using one.
 
-    recipe.yaml     the resolved recipe          metrics.jsonl   one JSON row per log/eval
-    run.json        the summary (metrics...)     task.json       task state for inference
-    checkpoints/    step-NNNNNNNN/ (atomic)      model/          exported, from_pretrained-able
-    adapter/        PEFT adapter (peft format)   eval/           per-split metrics + plots
-    train.log       the log
+recipe.yaml     the resolved recipe          metrics.jsonl   one JSON row per log/eval
+run.json        the summary (metrics...)     task.json       task state for inference
+checkpoints/    step-NNNNNNNN/ (atomic)      model/          exported, from_pretrained-able
+adapter/        PEFT adapter (peft format)   eval/           per-split metrics + plots
+train.log       the log
 """
 
 from __future__ import annotations
@@ -63,11 +63,18 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
             )
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(path)})}
-                      ).to_yaml(path / RECIPE)
-    write_json(path / RUN_JSON, {"finekit_version": _version(), "status": "running",
-                                 "name": recipe.name,
-                                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    recipe.model_copy(
+        update={"output": recipe.output.model_copy(update={"dir": str(path)})}
+    ).to_yaml(path / RECIPE)
+    write_json(
+        path / RUN_JSON,
+        {
+            "finekit_version": _version(),
+            "status": "running",
+            "name": recipe.name,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
     return path
 
 

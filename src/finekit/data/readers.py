@@ -55,7 +55,11 @@ def read_table(path: str, fmt: str = "auto", hf_split: str | None = None) -> pd.
             df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
         elif fmt == "tsv":
             df = pd.read_csv(
-                path, sep="\t", encoding="utf-8", keep_default_na=False, na_values=[""],
+                path,
+                sep="\t",
+                encoding="utf-8",
+                keep_default_na=False,
+                na_values=[""],
                 quoting=3,  # csv.QUOTE_NONE: TSV corpora (GLUE) carry bare quotes in text
             )
         elif fmt == "jsonl":

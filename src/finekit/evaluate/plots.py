@@ -24,8 +24,14 @@ def plot_confusion_matrix(
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
     disp = ConfusionMatrixDisplay(norm, display_labels=labels)
-    disp.plot(ax=ax, include_values=n <= 20, values_format=".2f", cmap="Blues", colorbar=n <= 20,
-              xticks_rotation="vertical")
+    disp.plot(
+        ax=ax,
+        include_values=n <= 20,
+        values_format=".2f",
+        cmap="Blues",
+        colorbar=n <= 20,
+        xticks_rotation="vertical",
+    )
     if n > 20:
         ax.tick_params(labelsize=5)
     ax.set_title(title + " — rows normalised")

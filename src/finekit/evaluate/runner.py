@@ -25,10 +25,13 @@ def run_outputs(
     dataset: EncodedDataset,
     collate: Callable[[list[dict[str, Any]]], Batch],
     batch_size: int,
-    autocast: contextlib.AbstractContextManager[Any] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     device: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Outputs of `task.eval_step` for every example, in the dataset's order."""
+    """Outputs of `task.eval_step` for every example, in the dataset's order.
+
+    `autocast` is a factory of a fresh context per batch (e.g. `accelerator.autocast`).
+    """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -38,10 +41,14 @@ def run_outputs(
         for idx in length_sorted_batches(dataset.lengths, batch_size):
             batch = collate([dataset[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast or contextlib.nullcontext():
+            with autocast() if autocast else contextlib.nullcontext():
                 out = task.eval_step(model, batch)
-            parts.append({k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                          for k, v in out.items()})
+            parts.append(
+                {
+                    k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                    for k, v in out.items()
+                }
+            )
             index.extend(idx)
     finally:
         model.train(was_training)

@@ -1,5 +1,8 @@
 """The method room: what trains (full, freeze, lora...), one module per method."""
 
+from finekit.methods import freeze as _freeze  # noqa: F401,E402
+from finekit.methods import full as _full  # noqa: F401,E402
+from finekit.methods import lora as _lora  # noqa: F401,E402
 from finekit.methods.base import (
     METHODS,
     Method,
@@ -8,9 +11,6 @@ from finekit.methods.base import (
     count_parameters,
     register_method,
 )
-from finekit.methods import freeze as _freeze  # noqa: F401,E402
-from finekit.methods import full as _full  # noqa: F401,E402
-from finekit.methods import lora as _lora  # noqa: F401,E402
 
 __all__ = [
     "METHODS",

@@ -36,8 +36,15 @@ class Method(Protocol):
         """Return the model to train (same object or a wrapper) with requires_grad set."""
         ...
 
-    def export(self, model: nn.Module, family: ModelFamily, processor: Any, head: HeadSpec,
-               run_dir: Path, keep_adapter: bool) -> dict[str, str]:
+    def export(
+        self,
+        model: nn.Module,
+        family: ModelFamily,
+        processor: Any,
+        head: HeadSpec,
+        run_dir: Path,
+        keep_adapter: bool,
+    ) -> dict[str, str]:
         """Write the trained model to run_dir/model (plain, loadable by its own library)."""
         ...
 
@@ -45,8 +52,15 @@ class Method(Protocol):
 class PlainExport:
     """Export for methods that train the model in place (full, freeze, BitFit...)."""
 
-    def export(self, model: nn.Module, family: ModelFamily, processor: Any, head: HeadSpec,
-               run_dir: Path, keep_adapter: bool) -> dict[str, str]:
+    def export(
+        self,
+        model: nn.Module,
+        family: ModelFamily,
+        processor: Any,
+        head: HeadSpec,
+        run_dir: Path,
+        keep_adapter: bool,
+    ) -> dict[str, str]:
         family.save(model, processor, run_dir / "model", head)
         return {"model": "model"}
 
@@ -60,8 +74,9 @@ class MethodEntry:
 METHODS: Registry[MethodEntry] = Registry("method")
 
 
-def register_method(name: str, config_cls: type[MethodConfig],
-                    factory: Callable[[Any], Method]) -> None:
+def register_method(
+    name: str, config_cls: type[MethodConfig], factory: Callable[[Any], Method]
+) -> None:
     """Make a method available to recipes as `method: {name: <name>, ...}`."""
     METHODS.register(name, MethodEntry(config_cls=config_cls, factory=factory))
 

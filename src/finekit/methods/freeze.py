@@ -46,7 +46,7 @@ class Freeze(PlainExport):
             except re.error as e:
                 raise RecipeError(f"method.patterns: {pat!r} is not a valid regex: {e}") from None
         names = [n for n, _ in model.named_parameters()]
-        for pat, rx in zip(cfg.patterns, regexes):
+        for pat, rx in zip(cfg.patterns, regexes, strict=True):
             if not any(rx.search(n) for n in names):
                 raise RecipeError(
                     f"method.patterns: {pat!r} matches no parameter; names look like {names[:3]}"

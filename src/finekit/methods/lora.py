@@ -72,8 +72,15 @@ class Lora:
         except ValueError as e:
             raise RecipeError(f"method.target_modules {targets!r}: {e}") from None
 
-    def export(self, model: nn.Module, family: ModelFamily, processor: Any, head: HeadSpec,
-               run_dir: Path, keep_adapter: bool) -> dict[str, str]:
+    def export(
+        self,
+        model: nn.Module,
+        family: ModelFamily,
+        processor: Any,
+        head: HeadSpec,
+        run_dir: Path,
+        keep_adapter: bool,
+    ) -> dict[str, str]:
         out = {}
         if keep_adapter:
             model.save_pretrained(run_dir / "adapter")  # type: ignore[operator]

@@ -51,8 +51,7 @@ class ModelFamily(Protocol):
         """Write what the family's own library loads back (`from_pretrained` for HF)."""
         ...
 
-    def layer_groups(self, model: nn.Module) -> LayerGroups:
-        ...
+    def layer_groups(self, model: nn.Module) -> LayerGroups: ...
 
 
 FAMILIES: Registry[ModelFamily] = Registry("model family")

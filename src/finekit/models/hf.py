@@ -78,8 +78,11 @@ class HFFamily:
             processor = self._processor(path, head, common)
             if pretrained:
                 model = auto.from_pretrained(
-                    path, dtype=DTYPES[spec.dtype], ignore_mismatched_sizes=True,
-                    **self._head_kwargs(head), **common,
+                    path,
+                    dtype=DTYPES[spec.dtype],
+                    ignore_mismatched_sizes=True,
+                    **self._head_kwargs(head),
+                    **common,
                 )
             else:
                 config = AutoConfig.from_pretrained(path, **self._head_kwargs(head), **common)
@@ -89,8 +92,11 @@ class HFFamily:
             raise ModelError(
                 f"model.path {spec.path!r} could not be loaded as {HEADS[head.kind][0]}: "
                 f"{str(e).splitlines()[0]}"
-                + (" (offline? set HF_HUB_OFFLINE=0 or use a local folder)" if not p.exists()
-                   else "")
+                + (
+                    " (offline? set HF_HUB_OFFLINE=0 or use a local folder)"
+                    if not p.exists()
+                    else ""
+                )
             ) from None
         finally:
             transformers.logging.set_verbosity(verbosity)
@@ -117,8 +123,10 @@ class HFFamily:
         if getattr(processor, "pad_token", "x") is None and processor.eos_token is not None:
             processor.pad_token = processor.eos_token
         cfg = getattr(model, "config", None)
-        if cfg is not None and getattr(cfg, "pad_token_id", 0) is None and hasattr(
-            processor, "pad_token_id"
+        if (
+            cfg is not None
+            and getattr(cfg, "pad_token_id", 0) is None
+            and hasattr(processor, "pad_token_id")
         ):
             cfg.pad_token_id = processor.pad_token_id
 
@@ -138,9 +146,12 @@ class HFFamily:
         # The block stack: the longest ModuleList of same-type children (encoder.layer...).
         best: tuple[str, nn.ModuleList] | None = None
         for name, mod in base.named_modules():
-            if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (
-                best is None or len(mod) > len(best[1])
-            ) and len({type(m) for m in mod}) == 1:
+            if (
+                isinstance(mod, nn.ModuleList)
+                and len(mod) > 0
+                and (best is None or len(mod) > len(best[1]))
+                and len({type(m) for m in mod}) == 1
+            ):
                 best = (name, mod)
         if best is not None:
             groups.layers = [f"{dot}{best[0]}.{i}" for i in range(len(best[1]))]
@@ -153,7 +164,11 @@ class HFFamily:
                 if emb is not None and mod is emb:
                     groups.embeddings.append(name)
         if prefix:
-            groups.head = [n for n, _ in model.named_children() if n != prefix]
+            groups.head = [
+                n
+                for n, m in model.named_children()
+                if n != prefix and any(True for _ in m.parameters())
+            ]
         return groups
 
 

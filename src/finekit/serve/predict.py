@@ -27,23 +27,28 @@ class LoadedRun:
     model: nn.Module
     processor: Any
 
-    def predict(self, rows: pd.DataFrame | list[str], batch_size: int | None = None
-                ) -> list[dict[str, Any]]:
+    def predict(
+        self, rows: pd.DataFrame | list[str], batch_size: int | None = None
+    ) -> list[dict[str, Any]]:
         """Predictions for a DataFrame with the input columns, or a list of texts."""
         if isinstance(rows, list):
             rows = pd.DataFrame({self.recipe.data.text_column: rows})
         rows = self.task.read_inputs(rows, "input")
-        return self.task.predict(self.model, self.processor, rows,
-                                 batch_size or self.recipe.training.eval_batch_size)
+        return self.task.predict(
+            self.model, self.processor, rows, batch_size or self.recipe.training.eval_batch_size
+        )
 
-    def evaluate(self, df: pd.DataFrame, source: str, out_dir: Path | None = None,
-                 split: str = "eval") -> dict[str, Any]:
+    def evaluate(
+        self, df: pd.DataFrame, source: str, out_dir: Path | None = None, split: str = "eval"
+    ) -> dict[str, Any]:
         """Metrics of the exported model on labelled rows (fp32, deterministic order)."""
         rows = self.task.read_inputs(df, source)
         label_col = self.recipe.data.label_column
         if label_col not in rows.columns:
-            raise RunDirError(f"{source}: no label column {label_col!r} to evaluate against; "
-                              f"columns are {list(rows.columns)}")
+            raise RunDirError(
+                f"{source}: no label column {label_col!r} to evaluate against; "
+                f"columns are {list(rows.columns)}"
+            )
         labels = set(getattr(self.task, "labels", []) or [])
         if labels:
             from finekit.tasks.classify import _as_label
@@ -54,14 +59,25 @@ class LoadedRun:
 
                 raise DataError(f"{source}: label(s) {unseen[:10]} were never seen in training")
         ds = self.task.encode(rows, self.processor, split)
-        out = run_outputs(self.task, self.model, ds, self.task.collator(self.processor),
-                          self.recipe.training.eval_batch_size)
+        out = run_outputs(
+            self.task,
+            self.model,
+            ds,
+            self.task.collator(self.processor),
+            self.recipe.training.eval_batch_size,
+        )
         metrics = self.task.metrics(out)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            files = self.task.artifacts(out, out_dir, split) if self.recipe.evaluation.confusion_matrix else []
-            write_json(out_dir / f"{split}.json",
-                       {"source": source, "metrics": metrics, "artifacts": files})
+            files = (
+                self.task.artifacts(out, out_dir, split)
+                if self.recipe.evaluation.confusion_matrix
+                else []
+            )
+            write_json(
+                out_dir / f"{split}.json",
+                {"source": source, "metrics": metrics, "artifacts": files},
+            )
         return metrics
 
 
@@ -77,8 +93,9 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     task.load_state(read_json(path / TASK_JSON))
     run = read_json(path / RUN_JSON)
     family = FAMILIES.get(run.get("model", {}).get("family", "hf"))
-    spec = recipe.model.model_copy(update={"path": str(path / "model"), "init": "pretrained",
-                                           "trust_remote_code": False})
+    spec = recipe.model.model_copy(
+        update={"path": str(path / "model"), "init": "pretrained", "trust_remote_code": False}
+    )
     loaded = family.load(spec, task.head(), pretrained=True)
     model = loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()

@@ -1,5 +1,6 @@
 """The task room: one module per task, each registered by name."""
 
+from finekit.tasks import classify as _classify  # noqa: F401,E402  (registers "classify")
 from finekit.tasks.base import (
     TASKS,
     EncodedDataset,
@@ -9,7 +10,6 @@ from finekit.tasks.base import (
     build_task,
     register_task,
 )
-from finekit.tasks import classify as _classify  # noqa: F401,E402  (registers "classify")
 
 __all__ = [
     "TASKS",

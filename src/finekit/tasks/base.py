@@ -99,15 +99,15 @@ class Task(Protocol):
         """What inference needs to rebuild the task without training data (e.g. labels)."""
         ...
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        ...
+    def load_state(self, state: dict[str, Any]) -> None: ...
 
     def read_inputs(self, df: pd.DataFrame, source: str) -> pd.DataFrame:
         """Check an inference/eval file has the input columns; return it."""
         ...
 
-    def predict(self, model: nn.Module, processor: Any, rows: pd.DataFrame,
-                batch_size: int) -> list[dict[str, Any]]:
+    def predict(
+        self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int
+    ) -> list[dict[str, Any]]:
         """Predictions for raw rows (inference, no labels needed)."""
         ...
 

@@ -54,7 +54,9 @@ class ClassifyTask:
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
         d = recipe.data
         self.text_column, self.pair_column, self.label_column = (
-            d.text_column, d.text_pair_column, d.label_column,
+            d.text_column,
+            d.text_pair_column,
+            d.label_column,
         )
         self.max_length = recipe.training.max_length
         seed = recipe.training.seed
@@ -107,7 +109,8 @@ class ClassifyTask:
                 "rows": counts,
                 "sources": sources,
                 "train_class_counts": {
-                    k: int(v) for k, v in train[self.label_column].value_counts().sort_index().items()
+                    k: int(v)
+                    for k, v in train[self.label_column].value_counts().sort_index().items()
                 },
             },
         )
@@ -163,7 +166,10 @@ class ClassifyTask:
             log.warning(
                 "%s: %d of %d texts exceed max_length=%d tokens and are truncated "
                 "(%.1f%% of tokens lost); raise training.max_length to keep them",
-                split, len(over), len(lengths), self.max_length,
+                split,
+                len(over),
+                len(lengths),
+                self.max_length,
                 100 * self.truncation[split]["share_of_tokens_lost"],
             )
             enc = processor(texts, pairs, truncation=True, max_length=self.max_length)
@@ -195,9 +201,7 @@ class ClassifyTask:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         # Loss in fp32 even under autocast: log-softmax over many classes loses bits in bf16.
-        return F.cross_entropy(
-            logits.float(), labels, label_smoothing=self.config.label_smoothing
-        )
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -217,7 +221,10 @@ class ClassifyTask:
         preds = outputs["probs"].argmax(-1).cpu().numpy()
         name = f"confusion_matrix_{split}.png"
         plot_confusion_matrix(
-            outputs["labels"].cpu().numpy(), preds, self.labels, out_dir / name,
+            outputs["labels"].cpu().numpy(),
+            preds,
+            self.labels,
+            out_dir / name,
             title=f"Confusion matrix ({split})",
         )
         return [name]
@@ -232,14 +239,14 @@ class ClassifyTask:
     ) -> list[dict[str, Any]]:
         from finekit.evaluate.runner import run_outputs
 
-        ds = self.encode(rows.drop(columns=[self.label_column], errors="ignore"), processor,
-                         "predict")
+        ds = self.encode(
+            rows.drop(columns=[self.label_column], errors="ignore"), processor, "predict"
+        )
         out = run_outputs(self, model, ds, self.collator(processor), batch_size)
         probs = out["probs"]
         top = probs.argmax(-1)
         return [
-            {"label": self.labels[int(t)], "score": float(probs[i, t])}
-            for i, t in enumerate(top)
+            {"label": self.labels[int(t)], "score": float(probs[i, t])} for i, t in enumerate(top)
         ]
 
     def state(self) -> dict[str, Any]:

@@ -53,9 +53,7 @@ def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
     buffers = {n for n, _ in model.named_buffers()}
     state = model.state_dict()
     return {
-        k: v.detach().cpu().contiguous()
-        for k, v in state.items()
-        if k in trainable or k in buffers
+        k: v.detach().cpu().contiguous() for k, v in state.items() if k in trainable or k in buffers
     }
 
 
@@ -101,7 +99,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -148,11 +148,17 @@ class Loop:
             train_data.lengths, spec.batch_size, spec.seed, spec.group_by_length
         )
         loader = DataLoader(
-            train_data, batch_size=spec.batch_size, sampler=self.sampler, collate_fn=collate,
-            num_workers=spec.num_workers, drop_last=False,
+            train_data,
+            batch_size=spec.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=spec.num_workers,
+            drop_last=False,
         )
         optimizer = torch.optim.AdamW(
-            param_groups(model, spec, groups), lr=spec.lr, betas=spec.adam_betas,
+            param_groups(model, spec, groups),
+            lr=spec.lr,
+            betas=spec.adam_betas,
             eps=spec.adam_eps,
             fused=self.acc.device.type == "cuda" or None,
         )
@@ -164,7 +170,8 @@ class Loop:
 
         self.scheduler = get_scheduler(
             "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler,
-            self.optimizer, num_warmup_steps=round(spec.warmup_ratio * self.total_steps),
+            self.optimizer,
+            num_warmup_steps=round(spec.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
         self.progress = Progress()
@@ -193,14 +200,22 @@ class Loop:
             return {}
         with self._autocast_context():
             out = run_outputs(
-                self.task, self.model, self.val_data, self.collate, self.spec.eval_batch_size,
-                autocast=self.acc.autocast(), device=self.acc.device,
+                self.task,
+                self.model,
+                self.val_data,
+                self.collate,
+                self.spec.eval_batch_size,
+                autocast=self.acc.autocast,
+                device=self.acc.device,
             )
         metrics = headline(self.task.metrics(out))
         p = self.progress
-        row = {"split": "validation", "step": p.step,
-               "epoch": round(p.epoch + p.batches_in_epoch / max(1, len(self.loader)), 4),
-               **metrics}
+        row = {
+            "split": "validation",
+            "step": p.step,
+            "epoch": round(p.epoch + p.batches_in_epoch / max(1, len(self.loader)), 4),
+            **metrics,
+        }
         self._log_row(row)
         self.state.last_eval = row
         self.state.history.append(row)
@@ -215,7 +230,11 @@ class Loop:
         if self.acc.is_main_process:
             self.progress.extra["history"] = self.state.history
             path = save_checkpoint(
-                self.ckpt_dir, state, self.optimizer, self.scheduler, self.progress,
+                self.ckpt_dir,
+                state,
+                self.optimizer,
+                self.scheduler,
+                self.progress,
                 keep=self.spec.keep_checkpoints,
             )
             fire(self.callbacks, "on_checkpoint", self.state, self.control, path=path)
@@ -232,8 +251,9 @@ class Loop:
         self.state.progress = self.progress
         self.state.history = list(self.progress.extra.get("history", []))
         self.resumed_from = str(path)
-        log.info("resumed from %s (step %d, epoch %d)", path, self.progress.step,
-                 self.progress.epoch)
+        log.info(
+            "resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch
+        )
         return path
 
     # ----------------------------------------------------------------- the loop
@@ -246,17 +266,28 @@ class Loop:
         fire(self.callbacks, "on_train_begin", self.state, self.control)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=p.step, disable=not acc.is_local_main_process,
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=p.step,
+            disable=not acc.is_local_main_process,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
         window_start = time.perf_counter()
         grad_norm: float | None = None
         self.model.train()
         while p.step < self.total_steps and not self.control.should_stop:
-            self.sampler.set_epoch(p.epoch)
             loader = self.loader
             if p.batches_in_epoch:
                 loader = acc.skip_first_batches(self.loader, p.batches_in_epoch)
+            # accelerate's loaders set the sampler's epoch from their own iteration counter,
+            # which starts at 0 in a resumed process: pin both to the true epoch.
+            for dl in (self.loader, loader):
+                if hasattr(dl, "set_epoch"):
+                    dl.set_epoch(p.epoch)
+            self.sampler.set_epoch(p.epoch)
             if p.batches_in_epoch == 0:
                 fire(self.callbacks, "on_epoch_begin", self.state, self.control)
             t0 = time.perf_counter()
@@ -288,7 +319,8 @@ class Loop:
                 if p.step % spec.log_every == 0 or p.step == self.total_steps:
                     dt = time.perf_counter() - window_start
                     row = {
-                        "split": "train", "step": p.step,
+                        "split": "train",
+                        "step": p.step,
                         "epoch": round(p.epoch + p.batches_in_epoch / len(self.loader), 4),
                         "loss": window_loss / max(1, window_n),
                         "lr": self.scheduler.get_last_lr()[0],
@@ -297,12 +329,14 @@ class Loop:
                         "tokens_per_second": window_tokens / dt,
                     }
                     self._log_row(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}",
-                                    sps=f"{row['samples_per_second']:.1f}")
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_second']:.1f}"
+                    )
                     window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
                     window_start = time.perf_counter()
                 fire(self.callbacks, "on_step_end", self.state, self.control)
                 every = self.eval_spec.every_steps
+                paused = time.perf_counter()  # eval/checkpoint time is not training time
                 if (every and p.step % every == 0) or self.control.should_evaluate:
                     self.control.should_evaluate = False
                     self.evaluate()
@@ -311,12 +345,14 @@ class Loop:
                     self.control.should_checkpoint
                 ):
                     self.control.should_checkpoint = False
-                    p.train_seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
                     self.checkpoint()
+                paused = time.perf_counter() - paused
+                t0 += paused
+                window_start += paused
                 if p.step >= self.total_steps or self.control.should_stop:
                     break
             p.train_seconds += time.perf_counter() - t0
+            paused = time.perf_counter()
             epoch_done = p.batches_in_epoch >= len(self.loader)
             if epoch_done:
                 p.epoch += 1
@@ -327,6 +363,7 @@ class Loop:
             if epoch_done:
                 fire(self.callbacks, "on_epoch_end", self.state, self.control)
             self.checkpoint()
+            window_start += time.perf_counter() - paused
         bar.close()
         fire(self.callbacks, "on_train_end", self.state, self.control)
         secs = max(p.train_seconds, 1e-9)
@@ -348,9 +385,14 @@ class Loop:
 
 def make_accelerator(spec: TrainingSpec) -> Accelerator:
     """One Accelerator per run; devices and distribution come from `accelerate launch`."""
-    device_type = "cuda" if torch.cuda.is_available() else (
-        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-        else "cpu"
+    device_type = (
+        "cuda"
+        if torch.cuda.is_available()
+        else (
+            "mps"
+            if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+            else "cpu"
+        )
     )
     if device_type == "cpu":
         # Denormals make fp32 CPU steps several times slower (GUIDE §5).

@@ -1,0 +1,282 @@
+"""The `finekit` command (typer). Thin: parse, build a Recipe, call the library.
+
+Any `FinekitError` (bad input) is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from finekit.errors import FinekitError, RecipeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune pre-trained models for one task with little data.",
+)
+
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 (typer needs Optional here on 3.10)
+    typer.Option("--set", "-s", help="Override a recipe field: --set training.lr=3e-5"),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("finekit").setLevel(logging.INFO)
+
+
+def _common_sections(
+    model: str | None,
+    train: str | None,
+    validation: str | None,
+    test: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    method: str | None,
+    epochs: float | None,
+    lr: float | None,
+    batch_size: int | None,
+    k_per_class: int | None,
+    output: str | None,
+) -> dict[str, Any]:
+    """The `finekit train --model M --train F ...` flags as recipe sections."""
+    sec: dict[str, Any] = {}
+    if model:
+        sec["model"] = {"path": model}
+    data = {
+        k: v
+        for k, v in {
+            "train": train,
+            "validation": validation,
+            "test": test,
+            "text_column": text_column,
+            "label_column": label_column,
+            "k_per_class": k_per_class,
+        }.items()
+        if v is not None
+    }
+    if data:
+        sec["data"] = data
+    if method:
+        sec["method"] = {"name": method}
+    training = {
+        k: v
+        for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items()
+        if v is not None
+    }
+    if training:
+        sec["training"] = training
+    if output:
+        sec["output"] = {"dir": output}
+    return sec
+
+
+def _build_recipe(recipe: Path | None, sets: list[str] | None, sections: dict[str, Any]):
+    from finekit.api import make_recipe
+    from finekit.recipe import Recipe, apply_overrides, deep_merge
+
+    if recipe is not None:
+        base = Recipe.from_yaml(recipe).to_dict()
+    elif "model" in sections and "data" in sections:
+        base = {"name": Path(sections["data"].get("train", "run")).stem}
+    else:
+        raise RecipeError(
+            "give a recipe file (finekit train RECIPE.yaml) or at least --model and --train"
+        )
+    merged = apply_overrides(deep_merge(base, sections), sets or [])
+    return make_recipe(merged)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run directory")] = None,  # noqa: UP045
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory")] = None,  # noqa: UP045
+    model: Annotated[Optional[str], typer.Option(help="Local folder or hub id")] = None,  # noqa: UP045
+    train_file: Annotated[Optional[str], typer.Option("--train", help="Training data")] = None,  # noqa: UP045
+    validation: Annotated[Optional[str], typer.Option(help="Validation data")] = None,  # noqa: UP045
+    test: Annotated[Optional[str], typer.Option(help="Test data")] = None,  # noqa: UP045
+    task: Annotated[Optional[str], typer.Option(help="Task name (classify)")] = None,  # noqa: UP045
+    text_column: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
+    label_column: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
+    method: Annotated[Optional[str], typer.Option(help="full | freeze | lora")] = None,  # noqa: UP045
+    epochs: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
+    lr: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
+    batch_size: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
+    k_per_class: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Fine-tune: from a recipe file, or from flags for the common case."""
+    from finekit.api import finetune
+    from finekit.rundir import RECIPE
+
+    _setup_logging(verbose)
+    sections = _common_sections(
+        model,
+        train_file,
+        validation,
+        test,
+        text_column,
+        label_column,
+        method,
+        epochs,
+        lr,
+        batch_size,
+        k_per_class,
+        output,
+    )
+    if task:
+        sections["task"] = {"name": task}
+    if resume is not None:
+        if recipe is None and not (resume / RECIPE).is_file():
+            raise RecipeError(f"--resume {resume}: no {RECIPE} there; is it a finekit run?")
+        recipe = recipe or resume / RECIPE
+        sections.setdefault("output", {})["dir"] = str(resume)
+    r = _build_recipe(recipe, set_, sections)
+    result = finetune(r, resume=resume is not None)
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    typer.echo(f"run directory : {result.run_dir}")
+    typer.echo(f"model         : {result.model_dir}")
+    for split, m in result.metrics.items():
+        typer.echo(
+            f"{split:<14}: accuracy {m.get('accuracy', float('nan')):.4f}  "
+            f"macro-F1 {m.get('macro_f1', float('nan')):.4f}"
+        )
+    t = result.train
+    typer.echo(
+        f"train         : {t['seconds']:.1f} s, {t['samples_per_second']:.1f} samples/s, "
+        f"{t['trainable_parameters']:,} trainable parameters, {t['precision']}"
+    )
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory")],
+    data: Annotated[str, typer.Option(help="Labelled file (same columns as training)")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Metrics of a run's exported model on a labelled file (written to RUN/eval/)."""
+    from finekit.data.readers import read_table
+    from finekit.serve.predict import load_run
+
+    _setup_logging(verbose)
+    loaded = load_run(run)
+    split = Path(data).stem
+    m = loaded.evaluate(read_table(data), data, out_dir=run / "eval", split=split)
+    m.pop("confusion_matrix", None)
+    per_class = m.pop("per_class", {})
+    typer.echo(json.dumps(m, indent=2))
+    typer.echo(
+        f"per-class metrics and the confusion matrix: {run / 'eval' / (split + '.json')}"
+        f" ({len(per_class)} classes)"
+    )
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify")] = None,  # noqa: UP045
+    input_: Annotated[Optional[str], typer.Option("--input", "-i", help="File in")] = None,  # noqa: UP045
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="File out")] = None,  # noqa: UP045
+) -> None:
+    """Predict labels for texts, or for a file (csv/tsv/jsonl/parquet) into a file."""
+    from finekit.data.readers import read_table
+    from finekit.serve.predict import load_run
+
+    _setup_logging(False)
+    if not texts and not input_:
+        raise RecipeError("give texts to classify or --input FILE")
+    loaded = load_run(run)
+    if input_:
+        df = read_table(input_)
+        preds = loaded.predict(df)
+        out = df.assign(
+            predicted_label=[p["label"] for p in preds], score=[round(p["score"], 6) for p in preds]
+        )
+        if output:
+            _write_table(out, output)
+            typer.echo(f"{len(out)} predictions -> {output}")
+        else:
+            typer.echo(out.to_csv(index=False), nl=False)
+    if texts:
+        for text, p in zip(texts, loaded.predict(list(texts)), strict=True):
+            typer.echo(f"{p['label']}\t{p['score']:.4f}\t{text}")
+
+
+def _write_table(df: Any, path: str) -> None:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif suffix == ".parquet":
+        df.to_parquet(path, index=False)
+    elif suffix == ".tsv":
+        df.to_csv(path, sep="\t", index=False)
+    else:
+        df.to_csv(path, index=False)
+
+
+@app.command("recipe")
+def recipe_cmd(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe file to validate")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+) -> None:
+    """Print the fully resolved recipe (all defaults) of a file, or a starting template."""
+    from finekit.api import make_recipe
+    from finekit.recipe import Recipe, apply_overrides
+
+    if recipe is not None:
+        r = Recipe.from_yaml(recipe, overrides=set_ or [])
+    else:
+        base = {
+            "name": "my-run",
+            "model": "finekit:minilm-l6",
+            "data": {"train": "train.csv", "test": "test.csv"},
+        }
+        r = make_recipe(apply_overrides(base, set_ or []))
+    typer.echo(r.to_yaml(), nl=False)
+
+
+@app.command()
+def demo(
+    output: Annotated[Optional[str], typer.Option("--output", "-o")] = None,  # noqa: UP045
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Offline: fine-tune the packaged MiniLM on built-in intents vs the same from scratch."""
+    from finekit.demo import run_demo
+
+    _setup_logging(verbose)
+    run_demo(output, echo=typer.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except FinekitError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random BERT (2 layers, hidden 64) and a learnable toy data set."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# Three intents, each signalled by its own words amid shared filler words.
+CLASS_WORDS = {
+    "card": ["card", "lost", "stolen", "wallet", "pin", "block"],
+    "refund": ["refund", "money", "back", "return", "paid", "twice"],
+    "hours": ["open", "hours", "close", "weekend", "today", "time"],
+}
+FILLER = ["please", "my", "the", "i", "need", "help", "with", "can", "you", "a", "is", "what"]
+
+
+def make_rows(n_per_class: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for label, words in CLASS_WORDS.items():
+        for _ in range(n_per_class):
+            toks = rng.sample(words, 3) + rng.sample(FILLER, rng.randint(1, 4))
+            rng.shuffle(toks)
+            rows.append({"text": " ".join(toks), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT with a word-level vocabulary, saved like any HF folder."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        {w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER) | {"extra", "words"}
+    )
+    # transformers 5: the tokenizer takes the vocabulary itself (vocab_file= is ignored).
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).bert.save_pretrained(d)  # a "pre-trained" backbone
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("toy-data")
+    train = pd.DataFrame(make_rows(40, seed=1))
+    test = pd.DataFrame(make_rows(15, seed=2))
+    train.to_csv(d / "train.csv", index=False)
+    test.to_csv(d / "test.csv", index=False)
+    return {"train": d / "train.csv", "test": d / "test.csv", "dir": d}
+
+
+@pytest.fixture()
+def tiny_recipe(tiny_model_dir: Path, toy_data: dict[str, Path], tmp_path: Path):
+    """A fast recipe on the tiny model (fp32: exact comparisons are meaningful)."""
+    from finekit import Recipe
+
+    return Recipe.from_dict(
+        {
+            "name": "tiny",
+            "model": str(tiny_model_dir),
+            "data": {"train": str(toy_data["train"]), "test": str(toy_data["test"])},
+            "training": {
+                "epochs": 6,
+                "batch_size": 8,
+                "lr": 1e-3,
+                "precision": "fp32",
+                "warmup_ratio": 0.0,
+                "log_every": 2,
+            },
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )

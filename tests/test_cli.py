@@ -1,0 +1,124 @@
+"""The CLI: flags and --set reach the recipe; bad input is one line and exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from finekit.cli import main
+
+
+def test_recipe_prints_resolved_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipe", "--set", "training.lr=3e-5"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["training"]["lr"] == pytest.approx(3e-5)
+    assert out["training"]["precision"] == "auto" and out["method"]["name"] == "full"
+
+
+def test_recipe_validates_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("model: m/m\ndata: {train: t.csv}\ntraining: {epocs: 3}\n")
+    assert main(["recipe", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown field 'training.epocs'" in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_bad_inputs_exit_2_with_one_line(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        (
+            ["train", "--model", str(tiny_model_dir), "--train", str(tmp_path / "nope.csv")],
+            "does not exist",
+        ),
+        (["train", "--model", str(tmp_path), "--train", str(tmp_path / "t.csv")], "is not a model"),
+        (["train"], "give a recipe file"),
+        (["predict", str(tmp_path), "hello"], "not a finekit run directory"),
+    ]
+    pd.DataFrame({"text": ["a b", "c d"] * 5, "label": ["x", "y"] * 5}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    for argv, pattern in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert pattern in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_train_eval_predict_round_trip(
+    tmp_path: Path, tiny_model_dir: Path, toy_data, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--train",
+        str(toy_data["train"]),
+        "--test",
+        str(toy_data["test"]),
+        "--epochs",
+        "6",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--set",
+        "training.precision=fp32",
+        "--output",
+        str(run),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"run directory : {run}" in out and "test" in out
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["training"]["lr"] == pytest.approx(1e-3) and recipe["training"]["epochs"] == 6
+
+    assert main(["eval", str(run), "--data", str(toy_data["test"])]) == 0
+    out = capsys.readouterr().out
+    assert '"accuracy"' in out and (run / "eval" / "test.json").is_file()
+
+    assert main(["predict", str(run), "my card was stolen", "when do you open"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(
+        line.split("\t")[0] in {"card", "refund", "hours"} for line in lines
+    )
+
+    out_file = tmp_path / "preds.jsonl"
+    assert (
+        main(["predict", str(run), "--input", str(toy_data["test"]), "--output", str(out_file)])
+        == 0
+    )
+    preds = pd.read_json(out_file, lines=True)
+    acc = (preds["predicted_label"] == preds["label"]).mean()
+    import json
+
+    run_json = json.loads((run / "run.json").read_text())
+    assert acc == run_json["metrics"]["test"]["accuracy"]  # predict reproduces the run exactly
+
+
+def test_resume_flag_uses_the_runs_own_recipe(
+    tmp_path: Path, tiny_model_dir: Path, toy_data, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    base = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--train",
+        str(toy_data["train"]),
+        "--epochs",
+        "1",
+        "--set",
+        "training.precision=fp32",
+        "--output",
+        str(run),
+    ]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # already finished: nothing to redo
+    assert "run directory" in capsys.readouterr().out
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from finekit import Recipe
+from finekit.data import read_splits, read_table, sample_per_class
+from finekit.errors import DataError
+from finekit.tasks import build_task
+
+ROWS = [{"text": f"example {i}", "label": ["a", "b", "c"][i % 3]} for i in range(30)]
+
+
+def test_reads_csv_tsv_jsonl_parquet_and_hf(tmp_path: Path) -> None:
+    df = pd.DataFrame(ROWS)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_csv(tmp_path / "d.tsv", sep="\t", index=False)
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
+    df.to_parquet(tmp_path / "d.parquet")
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_pandas(df)}).save_to_disk(
+        str(tmp_path / "hf")
+    )
+    for name in ("d.csv", "d.tsv", "d.jsonl", "d.parquet", "hf"):
+        out = read_table(str(tmp_path / name), hf_split="train")
+        assert out["text"].tolist() == df["text"].tolist(), name
+        assert out["label"].tolist() == df["label"].tolist(), name
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"text,label\n", "no rows"),
+        (b"text,label\ncaf\xe9,a\n", "not UTF-8"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path: Path, content: bytes | None, pattern: str) -> None:
+    p = tmp_path / "bad.csv"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(DataError, match=pattern) as e:
+        read_table(str(p))
+    assert "bad.csv" in str(e.value)
+
+
+def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "label": "x"}\n{oops\n')
+    with pytest.raises(DataError, match="line 2"):
+        read_table(str(p))
+
+
+def _prepare(tmp_path: Path, train: list[dict], test: list[dict] | None = None, **data):
+    pd.DataFrame(train).to_csv(tmp_path / "train.csv", index=False)
+    spec = {"train": str(tmp_path / "train.csv"), **data}
+    if test is not None:
+        pd.DataFrame(test).to_csv(tmp_path / "test.csv", index=False)
+        spec["test"] = str(tmp_path / "test.csv")
+    r = Recipe.from_dict({"model": "m/m", "data": spec})
+    task = build_task(r.task)
+    return task, task.prepare(read_splits(r.data), r)
+
+
+def test_missing_column_lists_existing_columns(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError,
+        match=r"no column 'category' \(set data.label_column\); "
+        r"columns are \['text', 'label'\]",
+    ):
+        _prepare(tmp_path, ROWS, label_column="category")
+
+
+def test_empty_cells_are_named(tmp_path: Path) -> None:
+    rows = [*ROWS, {"text": "", "label": "a"}]
+    with pytest.raises(DataError, match=r"column 'text' is empty in 1 row"):
+        _prepare(tmp_path, rows)
+
+
+def test_unseen_test_label_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"label\(s\) \['zebra'\].*never occur in training"):
+        _prepare(tmp_path, ROWS, test=[{"text": "t", "label": "zebra"}])
+
+
+def test_stratified_validation_split_and_labels(tmp_path: Path) -> None:
+    task, prep = _prepare(tmp_path, ROWS, validation_fraction=0.2)
+    assert prep.info["labels"] == ["a", "b", "c"]
+    val = prep.splits.validation
+    assert val is not None and len(val) == 6
+    assert sorted(val["label"].value_counts().tolist()) == [2, 2, 2]
+    assert not set(val["text"]) & set(prep.splits.train["text"])
+
+
+def test_int_labels_sort_numerically(tmp_path: Path) -> None:
+    rows = [{"text": f"x{i}", "label": i % 11} for i in range(44)]
+    _, prep = _prepare(tmp_path, rows, validation_fraction=0.0)
+    assert prep.info["labels"][:3] == ["0", "1", "2"] and prep.info["labels"][-1] == "10"
+
+
+def test_k_per_class_is_reproducible_and_checked(tmp_path: Path) -> None:
+    df = pd.DataFrame(ROWS)
+    a = sample_per_class(df, "label", 3, seed=7, source="train.csv")
+    b = sample_per_class(df, "label", 3, seed=7, source="train.csv")
+    c = sample_per_class(df, "label", 3, seed=8, source="train.csv")
+    assert a.equals(b) and not a.equals(c)
+    assert a["label"].value_counts().tolist() == [3, 3, 3]
+    with pytest.raises(
+        DataError, match=r"k_per_class=20 but 3 class\(es\) have fewer.*largest possible: 10"
+    ):
+        sample_per_class(df, "label", 20, seed=7, source="train.csv")
+
+
+def test_too_few_examples_for_a_stratified_split(tmp_path: Path) -> None:
+    rows = [*ROWS, {"text": "lonely", "label": "d"}]
+    with pytest.raises(DataError, match=r"classes with fewer than 2 examples: 'd': 1"):
+        _prepare(tmp_path, rows, validation_fraction=0.1)

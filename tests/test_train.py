@@ -1,0 +1,176 @@
+"""End-to-end on the tiny model: the loop learns, the run directory is complete, exported
+models reload with transformers alone, and a resumed run ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from finekit import Recipe, finetune, load_run
+from finekit.errors import RunDirError
+from finekit.train.callbacks import CallbackError
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_finetune_learns_and_writes_a_complete_run(tiny_recipe: Recipe) -> None:
+    result = finetune(tiny_recipe)
+    run = result.run_dir
+    for name in (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "run.json",
+        "task.json",
+        "train.log",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "eval/test.json",
+        "eval/confusion_matrix_test.png",
+    ):
+        assert (run / name).exists(), name
+    rows = _rows(run / "metrics.jsonl")
+    train_losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0]  # the loss goes down
+    assert [r["epoch"] for r in rows if r["split"] == "validation"] == [
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+        5.0,
+        6.0,
+    ]
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["status"] == "completed"
+    test = summary["metrics"]["test"]
+    assert test["accuracy"] > 0.8  # chance is 1/3
+    assert set(test["per_class"]) == {"card", "hours", "refund"}
+    assert summary["train"]["trainable_parameters"] > 0
+    assert summary["train"]["samples_per_second"] > 0
+    assert summary["data"]["rows"]["train"] + summary["data"]["rows"]["validation"] == 120
+    assert result.metrics["test"]["accuracy"] == test["accuracy"]
+    # Checkpoints: only complete ones, named by step, with the resume files.
+    cps = sorted((run / "checkpoints").iterdir())
+    assert [c.name for c in cps] == ["step-00000084"]
+    assert {f.name for f in cps[0].iterdir()} >= {
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "progress.json",
+    }
+
+
+def test_exported_model_loads_with_transformers_alone(tiny_recipe: Recipe, toy_data) -> None:
+    result = finetune(tiny_recipe)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(result.model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
+    test = pd.read_csv(toy_data["test"])
+    with torch.no_grad():
+        enc = tok(test["text"].tolist(), padding=True, return_tensors="pt")
+        ids = model(**enc).logits.argmax(-1).tolist()
+    plain_labels = [model.config.id2label[i] for i in ids]
+    ours = [p["label"] for p in load_run(result.run_dir).predict(test["text"].tolist())]
+    assert plain_labels == ours
+    acc = (pd.Series(ours) == test["label"]).mean()
+    assert acc == pytest.approx(result.metrics["test"]["accuracy"], abs=0)
+
+
+class Crash:
+    """Simulates a crash right after the first epoch's checkpoint."""
+
+    def on_checkpoint(self, state, control, path) -> None:
+        raise KeyboardInterrupt("simulated crash")
+
+
+class CrashAfter:
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_checkpoint(self, state, control, path) -> None:
+        if state.progress.epoch >= self.epochs:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 5])
+def test_resume_matches_uninterrupted(
+    tiny_recipe: Recipe, tmp_path: Path, checkpoint_every: int | None
+) -> None:
+    # Dropout is on in the tiny model: equality needs the RNG restored, not only weights.
+    r = tiny_recipe.with_overrides(
+        {"training.checkpoint_every": checkpoint_every, "training.epochs": 3}
+    )
+    full = finetune(r.with_overrides({"output.dir": str(tmp_path / "full")}))
+    broken = r.with_overrides({"output.dir": str(tmp_path / "broken")})
+    with pytest.raises(CallbackError, match="CrashAfter failed in on_checkpoint"):
+        finetune(broken, callbacks=[CrashAfter(1)])
+    assert not (tmp_path / "broken" / "model").exists()
+    resumed = finetune(broken, resume=True)
+    assert resumed.train["resumed_from"].endswith("step-00000014") or checkpoint_every
+    assert resumed.metrics["test"] == full.metrics["test"]
+    assert resumed.metrics["validation"] == full.metrics["validation"]
+    a = _rows(full.run_dir / "metrics.jsonl")
+    b = [row for row in _rows(resumed.run_dir / "metrics.jsonl")]
+    last_a = [x for x in a if x["split"] == "train"][-1]
+    last_b = [x for x in b if x["split"] == "train"][-1]
+    assert last_a["loss"] == pytest.approx(last_b["loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(full.model_dir / "model.safetensors"))
+    wb = load_file(str(resumed.model_dir / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_unfinished_temp_checkpoint_is_ignored(tiny_recipe: Recipe) -> None:
+    r = tiny_recipe.with_overrides({"training.epochs": 2})
+    with pytest.raises(CallbackError):
+        finetune(r, callbacks=[CrashAfter(1)])
+    ckpts = Path(r.output.dir) / "checkpoints"
+    (ckpts / ".tmp-step-00000099-1").mkdir()  # what a crash mid-write leaves
+    (ckpts / ".tmp-step-00000099-1" / "model.safetensors").write_bytes(b"half")
+    resumed = finetune(r, resume=True)
+    assert resumed.train["resumed_from"].endswith("step-00000014")
+    assert resumed.train["steps"] == 28
+
+
+def test_lora_end_to_end_exports_adapter_and_merged(tiny_recipe: Recipe) -> None:
+    r = tiny_recipe.with_overrides(
+        {
+            "method": {"name": "lora", "r": 4, "target_modules": ["query", "value"]},
+            "training.lr": 1e-2,
+        }
+    )
+    result = finetune(r)
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.train["trainable_parameters"] < result.train["total_parameters"] / 3
+    assert result.metrics["test"]["accuracy"] > 0.6
+
+
+def test_truncation_is_counted(tiny_recipe: Recipe) -> None:
+    result = finetune(tiny_recipe.with_overrides({"training.max_length": 8, "training.epochs": 1}))
+    trunc = result.summary["data"]["truncation"]["train"]
+    assert trunc["examples"] > 0 and 0 < trunc["share_of_tokens_lost"] < 1
+
+
+def test_run_dir_rules(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="exists and is not a finekit run"):
+        finetune(tiny_recipe.with_overrides({"output.dir": str(other)}))
+    assert (other / "precious.txt").read_text() == "keep me"
+    r = tiny_recipe.with_overrides({"training.epochs": 1})
+    finetune(r)
+    with pytest.raises(RunDirError, match="already holds a finekit run; continue it with --resume"):
+        finetune(r)
+    with pytest.raises(RunDirError, match=r"differs .* in training\.lr"):
+        finetune(r.with_overrides({"training.lr": 1e-4}), resume=True)
+    finetune(r.with_overrides({"output.overwrite": True}))
