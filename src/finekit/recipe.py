@@ -116,7 +116,7 @@ class TrainingSpec(Section):
     precision: Precision = "auto"  # auto: bf16 where the CPU/GPU runs it fast, else fp32/fp16
     max_length: int = Field(128, ge=8)  # tokens; longer inputs are counted and reported
     group_by_length: bool = True  # batches of similar length: less padding, same results
-    log_every: int = Field(10, ge=1)  # steps between metrics.jsonl rows / progress updates
+    log_every: int = Field(1, ge=1)  # optimizer steps per metrics.jsonl row (1 = every step)
     # Checkpoint every N optimizer steps in addition to each epoch end (None: epochs only).
     checkpoint_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(1, ge=1)  # newest complete checkpoints kept on disk
@@ -155,6 +155,7 @@ def _registered_section(value: Any, kind: str) -> Any:
         value = value.model_dump()
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping with a `name`, got {type(value).__name__}")
+    registry: Any
     if kind == "task":
         from finekit.tasks import TASKS as registry
     else:
@@ -178,8 +179,8 @@ class Recipe(Section):
     method: SerializeAsAny[MethodConfig] = Field(
         default_factory=MethodConfig, validate_default=True
     )
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    training: TrainingSpec = Field(default_factory=lambda: TrainingSpec())
+    evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec())
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @field_validator("model", mode="before")
@@ -342,6 +343,7 @@ def _allowed_fields(loc: list[str], data: dict[str, Any]) -> str:
             section = data.get(part)
             name = section.get("name") if isinstance(section, dict) else section
             try:
+                reg: Any
                 if part == "task":
                     from finekit.tasks import TASKS as reg
                 else:

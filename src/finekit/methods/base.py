@@ -30,7 +30,8 @@ class MethodContext:
 
 
 class Method(Protocol):
-    config: MethodConfig
+    @property
+    def config(self) -> MethodConfig: ...
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         """Return the model to train (same object or a wrapper) with requires_grad set."""

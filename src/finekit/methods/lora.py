@@ -7,7 +7,7 @@ Export: the adapter in adapter/ (peft format) and the merged plain model in mode
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from torch import nn
@@ -29,11 +29,11 @@ PEFT_TASK_TYPES = {
 class LoraConfig(MethodConfig):
     name: str = "lora"
     r: int = Field(8, ge=1)  # rank: 4-16 for classification, 16-64 for generation
-    alpha: float = Field(16, gt=0)  # scaling alpha/r; 2*r is the common choice
+    alpha: int = Field(16, gt=0)  # scaling alpha/r; 2*r is the common choice
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # Module names or "all-linear"; None = peft's default for the architecture.
     target_modules: list[str] | str | None = None
-    bias: str = Field("none", pattern="^(none|all|lora_only)$")
+    bias: Literal["none", "all", "lora_only"] = "none"
     use_dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024)
     use_rslora: bool = False  # rank-stabilised scaling alpha/sqrt(r)
 

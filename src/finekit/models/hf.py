@@ -132,7 +132,7 @@ class HFFamily:
 
     def save(self, model: nn.Module, processor: Any, out_dir: Path, head: HeadSpec) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir)  # safetensors
+        model.save_pretrained(out_dir)  # type: ignore[operator]  # safetensors
         if processor is not None:
             processor.save_pretrained(out_dir)
 
@@ -159,7 +159,7 @@ class HFFamily:
             if "embed" in name:
                 groups.embeddings.append(f"{dot}{name}")
         if not groups.embeddings:
-            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]
             for name, mod in model.named_modules():
                 if emb is not None and mod is emb:
                     groups.embeddings.append(name)

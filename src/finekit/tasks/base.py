@@ -61,7 +61,9 @@ class Task(Protocol):
     (a tokenizer, an image processor, a feature extractor)."""
 
     name: str
-    config: TaskConfig
+
+    @property
+    def config(self) -> TaskConfig: ...
 
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
         """Check columns/values, map labels, hold out and sample. Raise DataError early."""

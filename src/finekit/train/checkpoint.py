@@ -144,7 +144,7 @@ def _save_rng(folder: Path) -> None:
             tensors[f"torch_cuda_{i}"] = s
     save_file(tensors, str(folder / RNG_TENSORS))
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     (folder / RNG_STATE).write_text(
         json.dumps(
             {
