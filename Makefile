@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration lint banking77 clean
+.PHONY: install browser demo test test-unit test-integration lint banking77 clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)   ## fine-tune the packaged MiniLM on built-in intents vs scratch (offline, ~2 min)
 	HF_HUB_OFFLINE=1 $(BIN)/finekit demo
 
-test: $(STAMP)   ## unit tests (tiny random models) + integration tests (skip when assets absent)
+# Debian's Chromium for the report's browser test (skips with a message if it cannot install).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { (apt-get install -y -qq chromium || (apt-get update -qq && \
+	     apt-get install -y -qq chromium)) >/dev/null 2>&1 || \
+	    echo "chromium could not be installed: the browser test will skip"; }
+
+test: $(STAMP) browser   ## unit + integration tests (integration ones skip when assets absent)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
 test-unit: $(STAMP)

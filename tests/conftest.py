@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=128,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
     )

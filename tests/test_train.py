@@ -174,3 +174,57 @@ def test_run_dir_rules(tiny_recipe: Recipe, tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match=r"differs .* in training\.lr"):
         finetune(r.with_overrides({"training.lr": 1e-4}), resume=True)
     finetune(r.with_overrides({"output.overwrite": True}))
+
+
+class CrashAtStep:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state, control) -> None:
+        if state.progress.step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_mid_epoch_resume_matches_and_logs_each_step_once(
+    tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    # Checkpoint at step 5 (mid-epoch), crash at step 8: the resume skips 5 consumed batches
+    # of epoch 0 and must still replay the same batches and dropout masks.
+    r = tiny_recipe.with_overrides({"training.checkpoint_every": 5, "training.epochs": 2})
+    full = finetune(r.with_overrides({"output.dir": str(tmp_path / "full")}))
+    broken = r.with_overrides({"output.dir": str(tmp_path / "broken")})
+    with pytest.raises(CallbackError):
+        finetune(broken, callbacks=[CrashAtStep(8)])
+    status = json.loads((tmp_path / "broken" / "run.json").read_text())
+    assert status["status"] == "failed" and "simulated crash" in status["error"]
+    resumed = finetune(broken, resume=True)
+    assert resumed.train["resumed_from"].endswith("step-00000005")
+    assert resumed.metrics["test"] == full.metrics["test"]
+    steps = [x["step"] for x in _rows(resumed.run_dir / "metrics.jsonl") if x["split"] == "train"]
+    assert steps == sorted(set(steps)) == list(range(2, 29, 2))  # no duplicated rows
+
+
+def test_bad_input_writes_nothing(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    from finekit.errors import DataError, RecipeError
+
+    out = tmp_path / "never"
+    cases = [
+        ({"data.train": str(tmp_path / "missing.csv")}, DataError),
+        ({"method": {"name": "freeze", "layers": 9}}, RecipeError),
+        ({"training.max_length": 512}, RecipeError),  # the tiny model has 128 positions
+        ({"evaluation.metric": "bleu"}, RecipeError),
+    ]
+    for upd, err in cases:
+        with pytest.raises(err):
+            finetune(tiny_recipe.with_overrides({**upd, "output.dir": str(out)}))
+        assert not out.exists(), upd
+
+
+def test_string_labels_keep_leading_zeros(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    rows = [{"text": f"card lost {i}" if i % 2 else f"open hours {i}",
+             "label": "01" if i % 2 else "1"} for i in range(40)]
+    pd.DataFrame(rows).to_csv(tmp_path / "zeros.csv", index=False)
+    r = tiny_recipe.with_overrides({"data.train": str(tmp_path / "zeros.csv"), "data.test": None,
+                                    "training.epochs": 1})
+    result = finetune(r)
+    assert result.summary["data"]["labels"] == ["01", "1"]

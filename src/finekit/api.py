@@ -9,16 +9,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from finekit.data.splits import read_splits
+from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.models import family_for
 from finekit.recipe import Recipe, deep_merge
-from finekit.rundir import RUN_JSON, TASK_JSON, prepare_run_dir, read_json, write_json
-from finekit.tasks import build_task
-from finekit.train.loop import Loop, make_accelerator
+from finekit.rundir import (
+    RUN_JSON,
+    TASK_JSON,
+    check_run_dir,
+    create_run_dir,
+    mark_failed,
+    read_json,
+    write_json,
+)
+from finekit.tasks import EncodedDataset, build_task
+from finekit.train.loop import Loop, detect_device_type, make_accelerator
+from finekit.train.precision import resolve_precision
 
 log = logging.getLogger("finekit")
 
@@ -68,32 +80,79 @@ def finetune(
     """
     r = make_recipe(recipe, **sections)
     started = time.time()
-    # Everything that can be wrong with the input is checked before the model loads.
-    run_dir = prepare_run_dir(r, resume)
-    handler = _log_to(run_dir / "train.log")
-    try:
-        return _run(r, run_dir, resume, callbacks or [], started)
-    finally:
-        logging.getLogger("finekit").removeHandler(handler)
-        handler.close()
-
-
-def _run(
-    r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any], started: float
-) -> FinetuneResult:
+    state = PartialState()  # accelerate's process info (rank, world size); no device work
+    # 1. Everything that can be wrong with the input fails here, before anything is written.
+    run_dir = check_run_dir(r, resume, main_process=state.is_main_process)
     task = build_task(r.task)
     prepared = task.prepare(read_splits(r.data), r)
-    family = family_for(r.model)  # errors for "not a model" before any training
-
+    family = family_for(r.model)
+    resolve_precision(r.training.precision, detect_device_type())
     set_seed(r.training.seed)  # the new head's (or a scratch model's) initialisation
     loaded = family.load(r.model, task.head(), pretrained=r.model.init == "pretrained")
-    splits = prepared.splits
-    encoded = {name: task.encode(df, loaded.processor, name) for name, df in splits.items()}
-
+    check_max_length(loaded.model, r.training.max_length)
     groups = family.layer_groups(loaded.model)
     method = build_method(r.method)
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
+    # 2. Only now the run directory is made (by one process; the others wait for it).
+    if state.is_main_process and not resume:
+        create_run_dir(r, run_dir)
+    state.wait_for_everyone()
+    handler = _log_to(run_dir / "train.log") if state.is_main_process else None
+    try:
+        return _run(
+            r,
+            run_dir,
+            resume,
+            callbacks or [],
+            started,
+            task,
+            prepared,
+            family,
+            loaded,
+            groups,
+            method,
+            model,
+        )
+    except BaseException as e:
+        if state.is_main_process:
+            mark_failed(run_dir, e)
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger("finekit").removeHandler(handler)
+            handler.close()
+
+
+def check_max_length(model: Any, max_length: int) -> None:
+    """Position embeddings bound the input length: say so before an IndexError mid-run."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise RecipeError(
+            f"training.max_length={max_length} exceeds the model's max_position_embeddings "
+            f"({limit}); allowed: 8..{limit}"
+        )
+
+
+def _run(
+    r: Recipe,
+    run_dir: Path,
+    resume: bool,
+    callbacks: list[Any],
+    started: float,
+    task: Any,
+    prepared: Any,
+    family: Any,
+    loaded: Any,
+    groups: Any,
+    method: Any,
+    model: Any,
+) -> FinetuneResult:
+    # Exported tokenizers truncate like training did (plain transformers == finekit predict).
+    if hasattr(loaded.processor, "model_max_length"):
+        loaded.processor.model_max_length = r.training.max_length
+    splits = prepared.splits
+    encoded = {name: task.encode(df, loaded.processor, name) for name, df in splits.items()}
     trainable, total = count_parameters(model)
     log.info(
         "%s: %s trainable of %s parameters (%.2f%%)",
@@ -103,6 +162,7 @@ def _run(
         100 * trainable / max(1, total),
     )
 
+    train_eval = _subset(encoded["train"], r.evaluation.train_eval_samples, r.training.seed)
     accelerator = make_accelerator(r.training)
     loop = Loop(
         task,
@@ -117,6 +177,7 @@ def _run(
         callbacks=callbacks,
         save_checkpoints=r.output.save_checkpoints,
         accelerator=accelerator,
+        train_eval_data=train_eval,
     )
     if resume and loop.resume() is None:
         log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
@@ -169,6 +230,7 @@ def _run(
                     "steps": summary.steps,
                     "epochs": round(summary.epochs, 3),
                     "samples_seen": summary.samples_seen,
+                    "tokens_seen": summary.tokens_seen,
                     "precision": summary.precision,
                     "device": summary.device,
                     "num_processes": summary.num_processes,
@@ -181,6 +243,7 @@ def _run(
             }
         )
         write_json(run_dir / RUN_JSON, run)
+        _write_report(run_dir)
     accelerator.wait_for_everyone()
     run = read_json(run_dir / RUN_JSON)
     return FinetuneResult(
@@ -190,6 +253,30 @@ def _run(
         train=run.get("train", {}),
         summary=run,
     )
+
+
+def _write_report(run_dir: Path) -> None:
+    """The HTML report; a failure here never loses a finished run (it is logged)."""
+    from finekit.report import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as e:  # the run is complete; the report can be rebuilt later
+        log.warning(
+            "report not written (%s: %s); retry with `finekit report %s`",
+            type(e).__name__,
+            e,
+            run_dir,
+        )
+
+
+def _subset(data: EncodedDataset, n: int, seed: int) -> EncodedDataset | None:
+    """A fixed, seeded subset of the training data for the train/validation gap."""
+    if n <= 0 or len(data) == 0:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:n].sort().values.tolist()
+    return EncodedDataset([data[i] for i in idx], [data.lengths[i] for i in idx])
 
 
 def _log_to(path: Path) -> logging.Handler:

@@ -230,6 +230,52 @@ def _write_table(df: Any, path: str) -> None:
         df.to_csv(path, index=False)
 
 
+@app.command()
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
+    against: Annotated[
+        str,
+        typer.Option(help="Rungs beside the recipe's own method: scratch,linear-probe,lora,full"),
+    ] = "scratch",
+    sizes: Annotated[
+        str, typer.Option(help="Examples per class (or total), and/or 'full'")
+    ] = "full",
+    seeds: Annotated[int, typer.Option(help="Seeds per cell (mean ± std)")] = 1,
+    output: Annotated[Optional[str], typer.Option("--output", "-o")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """The baseline ladder: the recipe vs scratch / linear-probe / lora / full, per size
+    and seed, with learning curves and a report. Rerunning skips finished runs."""
+    import time
+
+    from finekit.evaluate.compare import compare as run_compare
+    from finekit.recipe import Recipe
+
+    _setup_logging(verbose)
+    r = Recipe.from_yaml(recipe, overrides=set_ or [])
+    out = output or f"runs/compare-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_compare(r, against, sizes, seeds, out, echo=typer.echo)
+    typer.echo("")
+    for c in result["cells"]:
+        typer.echo(
+            f"{c['rung']:<13} size={c['size']!s:<5} {result['metric']} "
+            f"{c['mean']:.4f} ± {c['std']:.4f}"
+        )
+    typer.echo(f"compare directory: {out} (compare.json, learning_curve.png, report.html)")
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="Run directory or compare directory")],
+) -> None:
+    """Write the self-contained HTML report (plots embedded) of a run or a compare."""
+    from finekit.report import write_report
+
+    _setup_logging(False)
+    typer.echo(str(write_report(path)))
+
+
 @app.command("recipe")
 def recipe_cmd(
     recipe: Annotated[Optional[Path], typer.Argument(help="Recipe file to validate")] = None,  # noqa: UP045

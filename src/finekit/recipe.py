@@ -130,7 +130,11 @@ class EvaluationSpec(Section):
     # Validate every epoch; or every N optimizer steps when `every_steps` is set.
     every_steps: int | None = Field(None, ge=1)
     metric: str = "accuracy"  # the headline metric (logged, used to pick checkpoints later)
-    confusion_matrix: bool = True
+    # Per-split plots (confusion matrix) and per-example predictions in run/eval/.
+    artifacts: bool = True
+    # Also evaluate this many training examples (a fixed, seeded subset) at each evaluation:
+    # the train/validation gap that shows overfitting. 0 disables.
+    train_eval_samples: int = Field(256, ge=0)
 
 
 # --------------------------------------------------------------------------- output

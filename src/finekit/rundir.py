@@ -36,9 +36,22 @@ def default_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
-    """Create (or check, for --resume) the run directory before any heavy work."""
-    path = Path(recipe.output.dir) if recipe.output.dir else default_dir(recipe)
+def check_run_dir(recipe: Recipe, resume: bool, main_process: bool = True) -> Path:
+    """Where the run goes, and whether that is allowed; writes nothing.
+
+    New run: the folder must not exist, be empty, or be a finekit run with
+    `output.overwrite`. Resume: it must be a finekit run of the same recipe.
+    """
+    if recipe.output.dir:
+        path = Path(recipe.output.dir)
+    else:
+        name = [str(default_dir(recipe)) if main_process else ""]
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        if PartialState().num_processes > 1:  # every rank must use rank 0's timestamp
+            broadcast_object_list(name)
+        path = Path(name[0])
     if resume:
         if not is_run_dir(path):
             raise RunDirError(f"--resume {path}: not a finekit run directory (no run.json)")
@@ -61,6 +74,12 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
                 f"output directory {path} already holds a finekit run; continue it with "
                 "--resume, or replace it with --set output.overwrite=true"
             )
+    return path
+
+
+def create_run_dir(recipe: Recipe, path: Path) -> Path:
+    """Make the run directory (replacing an old run when allowed by `check_run_dir`)."""
+    if path.exists() and is_run_dir(path):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     recipe.model_copy(
@@ -76,6 +95,24 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
         },
     )
     return path
+
+
+def mark_failed(path: Path, error: BaseException) -> None:
+    """Record why a run stopped; its checkpoints stay for --resume."""
+    try:
+        run = read_json(path / RUN_JSON)
+    except (OSError, ValueError):
+        return
+    if run.get("status") == "completed":
+        return
+    run.update(
+        {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
+    write_json(path / RUN_JSON, run)
 
 
 def recipe_diff(a: Recipe, b: Recipe) -> list[str]:

@@ -45,14 +45,20 @@ def detect_format(path: str) -> str:
     return fmt
 
 
-def read_table(path: str, fmt: str = "auto", hf_split: str | None = None) -> pd.DataFrame:
-    """Read one split as a DataFrame. `hf_split` picks a split of a DatasetDict."""
+def read_table(
+    path: str, fmt: str = "auto", hf_split: str | None = None, str_columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Read one split as a DataFrame. `hf_split` picks a split of a DatasetDict;
+    `str_columns` are read as text (labels "01" and "1" stay different)."""
+    dtype = dict.fromkeys(str_columns or [], str)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt != "hf" and not Path(path).is_file():
         raise DataError(f"data file {path} does not exist (check data.train/validation/test)")
     try:
         if fmt == "csv":
-            df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+            df = pd.read_csv(
+                path, encoding="utf-8", keep_default_na=False, na_values=[""], dtype=dtype
+            )
         elif fmt == "tsv":
             df = pd.read_csv(
                 path,
@@ -60,6 +66,7 @@ def read_table(path: str, fmt: str = "auto", hf_split: str | None = None) -> pd.
                 encoding="utf-8",
                 keep_default_na=False,
                 na_values=[""],
+                dtype=dtype,
                 quoting=3,  # csv.QUOTE_NONE: TSV corpora (GLUE) carry bare quotes in text
             )
         elif fmt == "jsonl":

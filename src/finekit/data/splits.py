@@ -36,7 +36,7 @@ class Splits:
 
 def read_splits(spec: DataSpec) -> Splits:
     """Read the files named in `data`; an HF DatasetDict given as train also fills the rest."""
-    train = read_table(spec.train, spec.format, spec.hf_splits.get("train"))
+    train = read_table(spec.train, spec.format, spec.hf_splits.get("train"), [spec.label_column])
     sources = {"train": spec.train}
     out = Splits(train=train, sources=sources)
     for split in ("validation", "test"):
@@ -46,7 +46,11 @@ def read_splits(spec: DataSpec) -> Splits:
             if hf_name and _has_split(spec.train, hf_name):
                 path = spec.train
         if path is not None:
-            setattr(out, split, read_table(path, spec.format, spec.hf_splits.get(split)))
+            setattr(
+                out,
+                split,
+                read_table(path, spec.format, spec.hf_splits.get(split), [spec.label_column]),
+            )
             sources[split] = path if path != spec.train else f"{path}[{spec.hf_splits[split]}]"
     return out
 
@@ -89,7 +93,8 @@ def holdout(
                     if len(rare)
                     else f"{len(df)} rows are too few for {n_classes} classes"
                 )
-                + f"; give a {what} file (data.{what}) or add examples"
+                + f"; give a {what} file (data.{what}), set data.{what}_fraction=0, "
+                "or add examples"
             )
     rest, held = train_test_split(
         df, test_size=n_held, random_state=seed, stratify=labels, shuffle=True

@@ -70,8 +70,8 @@ class LoadedRun:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             files = (
-                self.task.artifacts(out, out_dir, split)
-                if self.recipe.evaluation.confusion_matrix
+                self.task.artifacts(out, out_dir, split, rows)
+                if self.recipe.evaluation.artifacts
                 else []
             )
             write_json(
@@ -86,7 +86,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     path = Path(run_dir)
     if not is_run_dir(path):
         raise RunDirError(f"{path} is not a finekit run directory (no run.json)")
-    if not (path / "model" / "config.json").exists() and not (path / "model").is_dir():
+    model_dir = path / "model"
+    if not model_dir.is_dir() or not any(model_dir.iterdir()):
         raise RunDirError(f"{path} has no exported model/ (did the run finish?)")
     recipe = Recipe.from_yaml(path / RECIPE)
     task = build_task(recipe.task)

@@ -93,8 +93,15 @@ class Task(Protocol):
         """Metrics from the concatenated outputs of a whole split."""
         ...
 
-    def artifacts(self, outputs: dict[str, torch.Tensor], out_dir: Path, split: str) -> list[str]:
-        """Write plots/tables for a split (e.g. a confusion matrix); return the file names."""
+    def artifacts(
+        self,
+        outputs: dict[str, torch.Tensor],
+        out_dir: Path,
+        split: str,
+        rows: pd.DataFrame | None = None,
+    ) -> list[str]:
+        """Write plots/tables for a split (confusion matrix, per-example predictions of
+        `rows`, the split's raw rows in order); return the file names."""
         ...
 
     def state(self) -> dict[str, Any]:

@@ -20,12 +20,13 @@ from pydantic import Field
 from torch import nn
 
 from finekit.data.splits import Splits, holdout, sample_per_class
-from finekit.errors import DataError
+from finekit.errors import DataError, RecipeError
 from finekit.evaluate.metrics import classification_metrics
 from finekit.recipe import Recipe, TaskConfig
 from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 
 log = logging.getLogger(__name__)
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")  # headline metrics it reports
 
 
 class ClassifyConfig(TaskConfig):
@@ -59,6 +60,11 @@ class ClassifyTask:
             d.label_column,
         )
         self.max_length = recipe.training.max_length
+        if recipe.evaluation.metric not in METRICS:
+            raise RecipeError(
+                f"evaluation.metric={recipe.evaluation.metric!r} is not a classify metric; "
+                f"allowed: {', '.join(METRICS)}"
+            )
         seed = recipe.training.seed
         for split, df in splits.items():
             self._check(df, splits.sources.get(split, split), with_labels=True)
@@ -130,10 +136,10 @@ class ClassifyTask:
                 )
             empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
             if empty.any():
-                rows = (np.flatnonzero(empty.to_numpy())[:5] + 2).tolist()  # +2: header, 1-based
+                rows = (np.flatnonzero(empty.to_numpy())[:5] + 1).tolist()
                 raise DataError(
                     f"{source}: column {col!r} is empty in {int(empty.sum())} row(s) "
-                    f"(file lines {rows}...); fill or drop them"
+                    f"(data rows {rows}, 1-based, header not counted); fill or drop them"
                 )
 
     def head(self) -> HeadSpec:
@@ -212,13 +218,34 @@ class ClassifyTask:
         return out
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        preds = outputs["probs"].argmax(-1).cpu().numpy()
-        return classification_metrics(outputs["labels"].cpu().numpy(), preds, self.labels)
+        probs, labels = outputs["probs"], outputs["labels"]
+        preds = probs.argmax(-1).cpu().numpy()
+        m = classification_metrics(labels.cpu().numpy(), preds, self.labels)
+        # Cross-entropy of the predictions (the validation loss beside the training loss).
+        picked = probs.gather(1, labels.long().view(-1, 1)).clamp_min(1e-12)
+        return {"loss": float(-picked.log().mean()), **m}
 
-    def artifacts(self, outputs: dict[str, torch.Tensor], out_dir: Path, split: str) -> list[str]:
+    def artifacts(
+        self,
+        outputs: dict[str, torch.Tensor],
+        out_dir: Path,
+        split: str,
+        rows: pd.DataFrame | None = None,
+    ) -> list[str]:
         from finekit.evaluate.plots import plot_confusion_matrix
 
-        preds = outputs["probs"].argmax(-1).cpu().numpy()
+        probs = outputs["probs"]
+        preds = probs.argmax(-1).cpu().numpy()
+        if rows is not None and len(rows) == len(preds):
+            # Per-example predictions: what the report's worst-confused pairs quote.
+            pd.DataFrame(
+                {
+                    "text": rows[self.text_column].astype(str).tolist(),
+                    "label": [self.labels[int(i)] for i in outputs["labels"]],
+                    "predicted": [self.labels[int(i)] for i in preds],
+                    "confidence": probs.max(-1).values.numpy().round(5),
+                }
+            ).to_csv(out_dir / f"predictions_{split}.csv", index=False)
         name = f"confusion_matrix_{split}.png"
         plot_confusion_matrix(
             outputs["labels"].cpu().numpy(),
@@ -227,7 +254,10 @@ class ClassifyTask:
             out_dir / name,
             title=f"Confusion matrix ({split})",
         )
-        return [name]
+        files = [name]
+        if (out_dir / f"predictions_{split}.csv").exists():
+            files.append(f"predictions_{split}.csv")
+        return files
 
     # ------------------------------------------------------------------ inference
     def read_inputs(self, df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -248,6 +278,14 @@ class ClassifyTask:
         return [
             {"label": self.labels[int(t)], "score": float(probs[i, t])} for i, t in enumerate(top)
         ]
+
+    def report_sections(
+        self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        """Data summary with a leakage check, per-class metrics, worst confusions."""
+        from finekit.report.classify import sections
+
+        return sections(self, run_dir, recipe, run)
 
     def state(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,7 @@ SCHEDULER = "scheduler.pt"
 RNG_TENSORS = "rng.safetensors"
 RNG_STATE = "rng.json"
 PROGRESS = "progress.json"
+SCALER = "scaler.pt"
 PREFIX = "step-"
 
 
@@ -47,11 +48,14 @@ class Progress:
     extra: dict[str, Any] = field(default_factory=dict)  # callbacks' own state (schedules...)
 
 
-def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters and all buffers: frozen weights are rebuilt from the base model."""
+def checkpoint_state(
+    model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Trainable parameters and all buffers: frozen weights are rebuilt from the base model.
+    `state` is the model's full state dict when already gathered (FSDP)."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n for n, _ in model.named_buffers()}
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     return {
         k: v.detach().cpu().contiguous() for k, v in state.items() if k in trainable or k in buffers
     }
@@ -64,6 +68,7 @@ def save_checkpoint(
     scheduler: Any,
     progress: Progress,
     keep: int,
+    scaler: Any = None,
 ) -> Path:
     """Write a complete checkpoint atomically; keep only the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,8 @@ def save_checkpoint(
     save_file({k: v.clone() for k, v in model_state.items()}, str(tmp / WEIGHTS))
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
     torch.save(scheduler.state_dict(), tmp / SCHEDULER)
+    if scaler is not None:  # fp16 loss scale: part of exact resume
+        torch.save(scaler.state_dict(), tmp / SCALER)
     _save_rng(tmp)
     (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=1))
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
@@ -91,6 +98,10 @@ def save_checkpoint(
     _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a crash mid-write: never complete
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -108,7 +119,11 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any = None,
 ) -> Progress:
     """Restore weights, optimizer, scheduler and RNG from `path`; return the progress."""
     missing = [f for f in (WEIGHTS, OPTIMIZER, SCHEDULER, PROGRESS) if not (path / f).is_file()]
@@ -132,6 +147,8 @@ def load_checkpoint(
     model.load_state_dict(state, strict=False)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
+    if scaler is not None and (path / SCALER).is_file():
+        scaler.load_state_dict(torch.load(path / SCALER, weights_only=True))
     _load_rng(path)
     data = json.loads((path / PROGRESS).read_text())
     return Progress(**data)

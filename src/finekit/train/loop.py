@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.evaluate.runner import run_outputs
 from finekit.models.base import LayerGroups
@@ -137,10 +138,12 @@ class Loop:
         callbacks: list[Any] | None = None,
         save_checkpoints: bool = True,
         accelerator: Accelerator | None = None,
+        train_eval_data: EncodedDataset | None = None,
     ) -> None:
         self.task, self.spec, self.eval_spec = task, spec, eval_spec
         self.run_dir, self.callbacks = run_dir, list(callbacks or [])
         self.train_data, self.val_data, self.collate = train_data, val_data, collate
+        self.train_eval_data = train_eval_data  # a fixed training subset: the gap
         self.save_checkpoints = save_checkpoints
         self.acc = accelerator or make_accelerator(spec)
         self.precision = self.acc.mixed_precision
@@ -154,6 +157,9 @@ class Loop:
             collate_fn=collate,
             num_workers=spec.num_workers,
             drop_last=False,
+            # Its own generator: creating an iterator must not draw from the global RNG,
+            # or a resumed run's dropout masks drift from the uninterrupted run's.
+            generator=torch.Generator().manual_seed(spec.seed),
         )
         optimizer = torch.optim.AdamW(
             param_groups(model, spec, groups),
@@ -179,6 +185,7 @@ class Loop:
         self.control = Control()
         self.metrics_file = run_dir / "metrics.jsonl"
         self.ckpt_dir = run_dir / "checkpoints"
+        self._saved_step = -1
 
     # ----------------------------------------------------------------- helpers
     def _log_row(self, row: dict[str, Any]) -> None:
@@ -194,39 +201,51 @@ class Loop:
             return sdpa_kernel(SDPBackend.MATH)
         return contextlib.nullcontext()
 
-    def evaluate(self) -> dict[str, Any]:
-        """Validation pass on every process (identical data: no gather needed)."""
-        if self.val_data is None:
-            return {}
+    def _eval_split(self, data: EncodedDataset, split: str) -> dict[str, Any]:
         with self._autocast_context():
             out = run_outputs(
                 self.task,
                 self.model,
-                self.val_data,
+                data,
                 self.collate,
                 self.spec.eval_batch_size,
                 autocast=self.acc.autocast,
                 device=self.acc.device,
             )
-        metrics = headline(self.task.metrics(out))
         p = self.progress
         row = {
-            "split": "validation",
+            "split": split,
             "step": p.step,
             "epoch": round(p.epoch + p.batches_in_epoch / max(1, len(self.loader)), 4),
-            **metrics,
+            **headline(self.task.metrics(out)),
         }
         self._log_row(row)
+        return row
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation (and training-subset) pass on every process: identical data, so no
+        gather is needed. Rows go to metrics.jsonl and the callbacks' `state.last_eval`."""
+        if self.val_data is None:
+            return {}
+        row = self._eval_split(self.val_data, "validation")
+        if self.train_eval_data is not None:
+            train_row = self._eval_split(self.train_eval_data, "train_eval")
+            row["train_eval"] = {
+                k: v for k, v in train_row.items() if k not in ("split", "step", "epoch")
+            }
         self.state.last_eval = row
         self.state.history.append(row)
         fire(self.callbacks, "on_evaluate", self.state, self.control)
         return row
 
     def checkpoint(self) -> None:
-        if not self.save_checkpoints:
+        if not self.save_checkpoints or self._saved_step == self.progress.step:
             return
+        self._saved_step = self.progress.step
         self.acc.wait_for_everyone()
-        state = checkpoint_state(self.acc.unwrap_model(self.model))
+        # get_state_dict runs on every rank: under FSDP/DeepSpeed it gathers the shards.
+        full = self.acc.get_state_dict(self.model)
+        state = checkpoint_state(self.acc.unwrap_model(self.model), full)
         if self.acc.is_main_process:
             self.progress.extra["history"] = self.state.history
             path = save_checkpoint(
@@ -236,9 +255,25 @@ class Loop:
                 self.scheduler,
                 self.progress,
                 keep=self.spec.keep_checkpoints,
+                scaler=self.acc.scaler,
             )
             fire(self.callbacks, "on_checkpoint", self.state, self.control, path=path)
         self.acc.wait_for_everyone()
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Rows logged after the checkpoint (before a crash) will be logged again."""
+        if not self.acc.is_main_process or not self.metrics_file.is_file():
+            return
+        import os
+
+        keep = [
+            line
+            for line in self.metrics_file.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        tmp = self.metrics_file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, self.metrics_file)
 
     def resume(self, checkpoint: Path | None = None) -> Path | None:
         """Continue from `checkpoint` (default: the newest complete one in run_dir)."""
@@ -246,10 +281,15 @@ class Loop:
         if path is None:
             return None
         self.progress = load_checkpoint(
-            path, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler
+            path,
+            self.acc.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            scaler=self.acc.scaler,
         )
         self.state.progress = self.progress
         self.state.history = list(self.progress.extra.get("history", []))
+        self._drop_rows_after(self.progress.step)
         self.resumed_from = str(path)
         log.info(
             "resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch
@@ -345,6 +385,8 @@ class Loop:
                     self.control.should_checkpoint
                 ):
                     self.control.should_checkpoint = False
+                    p.train_seconds += paused - t0  # up to date in the checkpoint
+                    t0 = paused
                     self.checkpoint()
                 paused = time.perf_counter() - paused
                 t0 += paused
@@ -357,7 +399,11 @@ class Loop:
             if epoch_done:
                 p.epoch += 1
                 p.batches_in_epoch = 0
-            if not self.eval_spec.every_steps and (epoch_done or p.step >= self.total_steps):
+            every = self.eval_spec.every_steps
+            last_eval_step = self.state.history[-1]["step"] if self.state.history else -1
+            if (not every and epoch_done) or (
+                p.step >= self.total_steps and last_eval_step != p.step
+            ):
                 self.evaluate()
                 self.model.train()
             if epoch_done:
@@ -383,19 +429,32 @@ class Loop:
         )
 
 
+def detect_device_type() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
 def make_accelerator(spec: TrainingSpec) -> Accelerator:
     """One Accelerator per run; devices and distribution come from `accelerate launch`."""
-    device_type = (
-        "cuda"
-        if torch.cuda.is_available()
-        else (
-            "mps"
-            if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-            else "cpu"
-        )
-    )
+    device_type = detect_device_type()
     if device_type == "cpu":
         # Denormals make fp32 CPU steps several times slower (GUIDE §5).
         torch.set_flush_denormal(True)
     mixed = resolve_precision(spec.precision, device_type)
+    from accelerate.state import AcceleratorState, PartialState
+
+    # accelerate keeps one process-wide state; a second run in the same Python process
+    # (a compare ladder, a notebook) may want another precision. Single-process only:
+    # under a launcher every run of the process must share one configuration.
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        if PartialState().num_processes > 1:
+            raise RecipeError(
+                f"training.precision={spec.precision}: this distributed process already runs "
+                f"with mixed_precision={state.get('_mixed_precision')}; "
+                "use one precision per launch"
+            )
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=spec.grad_accum)

@@ -1,0 +1,295 @@
+"""`finekit compare`: the baseline ladder and learning curves.
+
+The same recipe at each rung (scratch, linear-probe, lora, full, or the recipe's own
+method) x each training size x each seed, on identical splits and evaluation. Every run is
+a normal run directory; `compare.json` aggregates them. Rerunning skips finished runs and
+resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finekit.errors import DataError, RecipeError, RunDirError
+from finekit.recipe import Recipe
+from finekit.rundir import is_run_dir, read_json, recipe_diff, write_json
+
+log = logging.getLogger(__name__)
+COMPARE_JSON = "compare.json"
+COMPARE_RECIPE = "compare-recipe.yaml"
+
+
+@dataclass
+class Rung:
+    """How a rung changes the recipe, and why (declared in compare.json)."""
+
+    method: dict[str, Any]
+    note: str
+    init: str = "pretrained"
+    training: Callable[[Recipe], dict[str, Any]] = field(default=lambda r: {})
+
+
+def _scratch_training(r: Recipe) -> dict[str, Any]:
+    # Random init has no features to protect: a higher rate and more passes (Vaswani et
+    # al.'s transformer rates are ~1e-4..1e-3 with warm-up); never fewer than the recipe's.
+    return {
+        "lr": max(r.training.lr, 3e-4),
+        "head_lr": None,
+        "epochs": r.training.epochs * 2,
+        "warmup_ratio": max(r.training.warmup_ratio, 0.1),
+    }
+
+
+def _probe_training(r: Recipe) -> dict[str, Any]:
+    # Only the head trains: it wants the head's rate (or ~1e-3), not the body's.
+    return {"lr": r.training.head_lr or max(r.training.lr * 10, 1e-3), "head_lr": None}
+
+
+def _lora_training(r: Recipe) -> dict[str, Any]:
+    # Low-rank updates need a larger step than full fine-tuning (Hu et al. 2021: 5e-4..2e-3).
+    return {"lr": max(r.training.lr * 5, 5e-4)}
+
+
+RUNGS: dict[str, Rung] = {
+    "scratch": Rung(
+        {"name": "full"},
+        "same architecture and tokenizer, random init; "
+        "lr max(recipe, 3e-4), 2x epochs, warm-up >= 10%",
+        "scratch",
+        _scratch_training,
+    ),
+    "linear-probe": Rung(
+        {"name": "linear_probe"},
+        "backbone frozen, head only; lr = the recipe's head_lr or max(10x lr, 1e-3)",
+        training=_probe_training,
+    ),
+    "lora": Rung(
+        {"name": "lora"},
+        "LoRA (peft defaults per architecture, r=8); lr max(5x recipe lr, 5e-4)",
+        training=_lora_training,
+    ),
+    "full": Rung({"name": "full"}, "every parameter trains; the recipe's rates"),
+}
+
+
+def parse_sizes(text: str) -> list[int | str]:
+    out: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "full":
+            out.append("full")
+        elif part.isdigit() and int(part) > 0:
+            out.append(int(part))
+        else:
+            raise RecipeError(f"--sizes: {part!r} is neither a positive integer nor 'full'")
+    return out
+
+
+def parse_rungs(text: str, recipe: Recipe) -> list[str]:
+    """The recipe's own method is always a rung ('recipe'), plus the named baselines."""
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    for n in names:
+        if n not in RUNGS:
+            raise RecipeError(f"--against: unknown rung {n!r}; known: {', '.join(RUNGS)}")
+    return ["recipe", *[n for n in names if n != "recipe"]]
+
+
+def rung_recipe(
+    recipe: Recipe, rung: str, size: int | str, seed: int, out: Path, classes: bool
+) -> Recipe:
+    """The recipe of one cell of the ladder."""
+    upd: dict[str, Any] = {
+        "training.seed": seed,
+        "output.dir": str(out),
+        "output.overwrite": False,
+        "name": f"{recipe.name}-{rung}-{size}-s{seed}",
+    }
+    if size != "full":
+        upd["data.k_per_class" if classes else "data.max_train_samples"] = size
+    else:
+        upd["data.k_per_class"] = None
+        upd["data.max_train_samples"] = None
+    if rung != "recipe":
+        spec = RUNGS[rung]
+        upd["method"] = spec.method
+        upd["model.init"] = spec.init
+        for k, v in spec.training(recipe).items():
+            upd[f"training.{k}"] = v
+    return recipe.with_overrides(upd)
+
+
+def train_flops(total: int, trainable: int, tokens: int, method: str) -> float:
+    """Training FLOPs estimate from the 6*N*T rule (Kaplan et al. 2020) split into forward
+    (2NT), activation gradients (2NT, skipped when nothing below the head trains) and
+    weight gradients (2 * trainable * T)."""
+    backprop_body = method not in ("linear_probe",)
+    return float(tokens) * (2 * total + (2 * total if backprop_body else 0) + 2 * trainable)
+
+
+def check_sizes(recipe: Recipe, sizes: list[int | str]) -> tuple[bool, dict[str, int]]:
+    """Fail before any training when a size exceeds what the data holds."""
+    from finekit.data.splits import read_splits
+    from finekit.tasks import build_task
+
+    task = build_task(recipe.task)
+    base = recipe.with_overrides({"data.k_per_class": None, "data.max_train_samples": None})
+    prepared = task.prepare(read_splits(base.data), base)
+    counts: dict[str, int] = prepared.info.get("train_class_counts", {})
+    classes = bool(counts)
+    for s in sizes:
+        if not isinstance(s, int):
+            continue
+        if classes:
+            smallest = min(counts, key=lambda k: counts[k])
+            if s > counts[smallest]:
+                raise DataError(
+                    f"--sizes {s}: larger than the smallest class in {recipe.data.train} "
+                    f"({counts[smallest]} training examples of {smallest!r} after the "
+                    f"validation hold-out); largest possible: {counts[smallest]}"
+                )
+        elif s > prepared.info["rows"]["train"]:
+            raise DataError(
+                f"--sizes {s}: larger than the training set ({prepared.info['rows']['train']} rows)"
+            )
+    return classes, counts
+
+
+def compare(
+    recipe: Recipe,
+    against: str,
+    sizes: str,
+    seeds: int,
+    output: str | Path,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run (or finish) the ladder; write compare.json, learning curves and the report."""
+    from finekit.api import finetune
+
+    if seeds < 1:
+        raise RecipeError("--seeds must be >= 1")
+    out = Path(output)
+    rungs = parse_rungs(against, recipe)
+    size_list = parse_sizes(sizes)
+    stored = out / COMPARE_RECIPE
+    if out.exists() and any(out.iterdir()):
+        if not stored.is_file():
+            raise RunDirError(
+                f"compare directory {out} exists and is not a finekit compare; "
+                "choose another --output"
+            )
+        diff = recipe_diff(Recipe.from_yaml(stored), recipe)
+        if diff:
+            raise RunDirError(
+                f"compare directory {out} was made by another recipe (differs in "
+                f"{', '.join(diff)}); use another --output"
+            )
+    classes, counts = check_sizes(recipe, size_list)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.to_yaml(stored)
+    seed_list = [recipe.training.seed + i for i in range(seeds)]
+    method_name = recipe.method.name
+    cells = [(r, s, sd) for s in size_list for sd in seed_list for r in rungs]
+    runs: list[dict[str, Any]] = []
+    for i, (rung, size, seed) in enumerate(cells, 1):
+        run_dir = out / "runs" / rung / str(size) / f"seed-{seed}"
+        r = rung_recipe(recipe, rung, size, seed, run_dir, classes)
+        done = is_run_dir(run_dir) and read_json(run_dir / "run.json").get("status") == "completed"
+        tag = f"[{i}/{len(cells)}] {rung:<13} size={size!s:<5} seed={seed}"
+        if done:
+            echo(f"{tag}: done before, skipped")
+        else:
+            resume = is_run_dir(run_dir)
+            echo(f"{tag}: {'resuming' if resume else 'training'} ...")
+            t0 = time.perf_counter()
+            finetune(r, resume=resume)
+            echo(f"{tag}: {time.perf_counter() - t0:.0f} s")
+        run = read_json(run_dir / "run.json")
+        runs.append(
+            {
+                "rung": rung,
+                "size": size,
+                "seed": seed,
+                "run_dir": str(run_dir.relative_to(out)),
+                "run": run,
+            }
+        )
+    result = aggregate(recipe, rungs, size_list, seed_list, runs, classes, counts, method_name)
+    write_json(out / COMPARE_JSON, result)
+    from finekit.report.compare import compare_report
+
+    compare_report(out)
+    return result
+
+
+def aggregate(
+    recipe: Recipe,
+    rungs: list[str],
+    sizes: list[int | str],
+    seeds: list[int],
+    runs: list[dict[str, Any]],
+    classes: bool,
+    counts: dict[str, int],
+    method_name: str,
+) -> dict[str, Any]:
+    metric = recipe.evaluation.metric
+    split = "test" if all("test" in x["run"].get("metrics", {}) for x in runs) else "validation"
+    cells = []
+    for rung in rungs:
+        for size in sizes:
+            group = [x for x in runs if x["rung"] == rung and x["size"] == size]
+            vals = [x["run"]["metrics"][split][metric] for x in group]
+            trains = [x["run"]["train"] for x in group]
+            meth = group[0]["run"].get("method", method_name) if group else ""
+            flops = [
+                train_flops(
+                    t["total_parameters"],
+                    t["trainable_parameters"],
+                    t.get("tokens_seen") or t.get("samples_seen", 0),
+                    meth,
+                )
+                for t in trains
+            ]
+            cells.append(
+                {
+                    "rung": rung,
+                    "method": meth,
+                    "size": size,
+                    "mean": statistics.fmean(vals),
+                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    "values": vals,
+                    "seeds": [x["seed"] for x in group],
+                    "train_examples": statistics.fmean(
+                        x["run"]["data"]["rows"]["train"] for x in group
+                    ),
+                    "train_seconds": statistics.fmean(t["seconds"] for t in trains),
+                    "wall_seconds": statistics.fmean(
+                        x["run"].get("wall_seconds", 0) for x in group
+                    ),
+                    "trainable_parameters": trains[0]["trainable_parameters"],
+                    "train_flops": statistics.fmean(flops),
+                    "runs": [x["run_dir"] for x in group],
+                }
+            )
+    return {
+        "recipe": recipe.name,
+        "metric": metric,
+        "split": split,
+        "size_unit": "examples per class" if classes else "training examples",
+        "sizes": sizes,
+        "seeds": seeds,
+        "rungs": {
+            r: {
+                "method": method_name if r == "recipe" else RUNGS[r].method["name"],
+                "note": "the recipe as written" if r == "recipe" else RUNGS[r].note,
+            }
+            for r in rungs
+        },
+        "smallest_class": min(counts.values()) if counts else None,
+        "cells": cells,
+    }

@@ -1,0 +1,218 @@
+"""Report sections of the `classify` task: data summary with a leakage check, per-class
+metrics, and the worst-confused pairs with example texts."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from finekit.report.html import esc, figure_from_file, figure_from_matplotlib, table  # noqa: E402
+
+log = logging.getLogger(__name__)
+NEAR_DUPLICATE_COSINE = 0.9  # char 3-5-gram TF-IDF cosine: same text up to a few edits
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^\w]+", " ", str(text).lower()).strip()
+
+
+def leakage(train: list[str], other: list[str]) -> dict[str, Any]:
+    """Exact (after lower-casing and stripping punctuation) and near duplicates of `other`
+    texts in `train` — evaluation examples the model may have seen in training."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    norm_train = {_normalise(t) for t in train}
+    exact = [t for t in other if _normalise(t) in norm_train]
+    near: list[tuple[str, str, float]] = []
+    if train and other:
+        vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=1)
+        a = vec.fit_transform([_normalise(t) for t in train])
+        b = vec.transform([_normalise(t) for t in other])
+        # Rows are L2-normalised: the dot product is the cosine. Chunked to bound memory.
+        for start in range(0, b.shape[0], 512):
+            sims = (b[start : start + 512] @ a.T).toarray()
+            best = sims.argmax(1)
+            for i, j in enumerate(best):
+                s = float(sims[i, j])
+                text = other[start + i]
+                if s >= NEAR_DUPLICATE_COSINE and _normalise(text) not in norm_train:
+                    near.append((text, train[j], s))
+    return {"exact": exact, "near": near}
+
+
+def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[tuple[str, str]]:
+    out = [("Data", _data_section(task, run_dir, recipe, run))]
+    metrics = run.get("metrics", {})
+    split = "test" if "test" in metrics else ("validation" if "validation" in metrics else None)
+    if split and "per_class" in metrics[split]:
+        pc = metrics[split]["per_class"]
+        rows = sorted(pc.items(), key=lambda kv: (kv[1]["f1"], kv[0]))
+        out.append(
+            (
+                f"Per-class metrics ({split})",
+                "<p class=muted>Sorted by F1, weakest first.</p>"
+                + table(
+                    ["class", "precision", "recall", "F1", "support"],
+                    [[k, v["precision"], v["recall"], v["f1"], v["support"]] for k, v in rows],
+                ),
+            )
+        )
+    if split:
+        out.append(("Confusions", _confusions(run_dir, split)))
+    return out
+
+
+def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> str:
+    data = run.get("data", {})
+    parts = []
+    rows = data.get("rows", {})
+    sources = data.get("sources", {})
+    parts.append(
+        table(
+            ["split", "rows", "source"],
+            [[s, n, sources.get(s, "")] for s, n in rows.items()],
+            left=1,
+        )
+    )
+    counts = data.get("train_class_counts", {})
+    if counts:
+        fig, ax = plt.subplots(figsize=(min(11, 2 + 0.14 * len(counts)), 3))
+        names = list(counts)
+        ax.bar(range(len(names)), [counts[n] for n in names], color="#3182bd")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6 if len(names) > 30 else 8)
+        ax.set_ylabel("training examples")
+        ax.set_title(
+            f"Class balance (training set): min {min(counts.values())}, max {max(counts.values())}"
+        )
+        parts.append(figure_from_matplotlib(fig, "Training examples per class."))
+    trunc = data.get("truncation", {})
+    if trunc:
+        parts.append(
+            table(
+                [
+                    "split",
+                    "texts over max_length",
+                    "share of texts",
+                    "tokens lost",
+                    "share of tokens lost",
+                ],
+                [
+                    [
+                        s,
+                        t["examples"],
+                        t["share_of_examples"],
+                        t["tokens_lost"],
+                        t["share_of_tokens_lost"],
+                    ]
+                    for s, t in trunc.items()
+                ],
+                caption=f"Truncation at max_length = "
+                f"{next(iter(trunc.values())).get('max_length', '?')} tokens",
+            )
+        )
+    try:
+        from finekit.data.splits import read_splits
+
+        prepared = task.prepare(read_splits(recipe.data), recipe)
+    except Exception as e:
+        parts.append(
+            f"<p class=warn>Data files not readable from here ({esc(e)}): "
+            "no length histogram or leakage check.</p>"
+        )
+        return "".join(parts)
+    splits = dict(prepared.splits.items())
+    col = recipe.data.text_column
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(run_dir / "model")
+        lengths = {
+            s: [len(x) for x in tok(df[col].astype(str).tolist())["input_ids"]]
+            for s, df in splits.items()
+        }
+        fig, ax = plt.subplots(figsize=(8, 3))
+        hi = max(max(v) for v in lengths.values() if v)
+        bins = np.linspace(0, hi + 1, 40).tolist()
+        for s, v in lengths.items():
+            ax.hist(v, bins=bins, alpha=0.5, label=f"{s} (median {int(np.median(v))})")
+        ax.axvline(recipe.training.max_length, color="red", ls="--", label="max_length")
+        ax.set_xlabel("tokens per example")
+        ax.set_ylabel("examples")
+        ax.legend(fontsize=8)
+        parts.append(figure_from_matplotlib(fig, "Length in tokens (the model's tokenizer)."))
+    except Exception as e:
+        log.warning("report: no length histogram: %s", e)
+    train_texts = splits["train"][col].astype(str).tolist()
+    leak_rows, examples = [], []
+    for s, df in splits.items():
+        if s == "train":
+            continue
+        texts = df[col].astype(str).tolist()
+        lk = leakage(train_texts, texts)
+        leak_rows.append([s, len(texts), len(lk["exact"]), len(lk["near"])])
+        examples += [(s, t, "exact", "") for t in lk["exact"][:5]]
+        examples += [(s, t, f"near ({c:.2f})", m) for t, m, c in lk["near"][:5]]
+    if leak_rows:
+        parts.append(
+            "<h3>Leakage check: evaluation texts also in training</h3>"
+            + table(["split", "texts", "exact duplicates", "near duplicates"], leak_rows)
+        )
+        if any(r[2] or r[3] for r in leak_rows):
+            parts.append(
+                "<p class=warn>Some evaluation texts (almost) occur in the training "
+                "data: their scores overstate generalisation.</p>"
+            )
+            parts.append(
+                table(
+                    ["split", "evaluation text", "kind", "closest training text"], examples, left=4
+                )
+            )
+        else:
+            parts.append("<p class=ok>No evaluation text occurs in the training data.</p>")
+    return "".join(parts)
+
+
+def _confusions(run_dir: Path, split: str) -> str:
+    parts = []
+    png = run_dir / "eval" / f"confusion_matrix_{split}.png"
+    if png.is_file():
+        parts.append(figure_from_file(png, f"Confusion matrix ({split}), rows normalised."))
+    pred_file = run_dir / "eval" / f"predictions_{split}.csv"
+    if not pred_file.is_file():
+        return "".join(parts)
+    df = pd.read_csv(pred_file, keep_default_na=False, dtype={"label": str, "predicted": str})
+    wrong = df[df["label"] != df["predicted"]]
+    if wrong.empty:
+        parts.append("<p class=ok>No errors on this split.</p>")
+        return "".join(parts)
+    pairs = wrong.groupby(["label", "predicted"]).size().sort_values(ascending=False).head(10)
+    rows = []
+    for (true, pred), n in pairs.items():
+        ex = wrong[(wrong["label"] == true) & (wrong["predicted"] == pred)]
+        ex = ex.sort_values("confidence", ascending=False)["text"].head(2).tolist()
+        rows.append([true, pred, int(n), "<br>".join(esc(t) for t in ex)])
+    from finekit.report.html import Raw
+
+    parts.append(
+        "<h3>Worst-confused pairs</h3>"
+        + table(
+            ["true class", "predicted as", "errors", "examples (most confident first)"],
+            [[a, b, c, Raw(d)] for a, b, c, d in rows],
+            left=2,
+        )
+    )
+    parts.append(
+        f"<p class=muted>{len(wrong)} errors of {len(df)} examples; all predictions "
+        f"in eval/predictions_{esc(split)}.csv.</p>"
+    )
+    return "".join(parts)

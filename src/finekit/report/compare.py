@@ -1,0 +1,162 @@
+"""Report of a compare directory: the ladder, learning curves, cost, links to every run."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from finekit.report.html import Raw, esc, figure_from_bytes, page, table  # noqa: E402
+from finekit.rundir import read_json  # noqa: E402
+
+REPORT = "report.html"
+CURVE = "learning_curve.png"
+
+
+def _x(cell: dict[str, Any], data: dict[str, Any]) -> float:
+    """x position: the size, or for 'full' the mean training examples per class/total."""
+    if cell["size"] != "full":
+        return float(cell["size"])
+    n_classes = None
+    if data.get("smallest_class") is not None:
+        # full = all training data; per class on average
+        first = cell["train_examples"]
+        n_classes = data.get("num_classes")
+        return first / n_classes if n_classes else first
+    return cell["train_examples"]
+
+
+def learning_curve_png(data: dict[str, Any]) -> bytes:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for rung in data["rungs"]:
+        cells = [c for c in data["cells"] if c["rung"] == rung]
+        xs = [_x(c, data) for c in cells]
+        label = rung if rung != "recipe" else f"recipe ({data['rungs'][rung]['method']})"
+        ax.errorbar(
+            xs,
+            [c["mean"] for c in cells],
+            yerr=[c["std"] for c in cells],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(data["size_unit"] + " (log scale; 'full' at its mean)")
+    ax.set_ylabel(f"{data['split']} {data['metric']}")
+    ax.set_title("Learning curves: metric vs training data, one line per rung")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def compare_report(out: Path) -> Path:
+    data = read_json(out / "compare.json")
+    if data.get("smallest_class") is not None and "num_classes" not in data:
+        try:
+            first = data["cells"][0]["runs"][0]
+            data["num_classes"] = read_json(out / first / "run.json")["data"]["num_labels"]
+        except (KeyError, IndexError, OSError):
+            pass
+    png = learning_curve_png(data)
+    (out / CURVE).write_bytes(png)
+    sizes, rungs = data["sizes"], list(data["rungs"])
+    cell = {(c["rung"], str(c["size"])): c for c in data["cells"]}
+    ladder = table(
+        ["rung", *[f"{s}" for s in sizes]],
+        [
+            [
+                r,
+                *[
+                    f"{cell[(r, str(s))]['mean']:.4f} ± {cell[(r, str(s))]['std']:.4f}"
+                    if (r, str(s)) in cell
+                    else "—"
+                    for s in sizes
+                ],
+            ]
+            for r in rungs
+        ],
+        caption=f"{data['split']} {data['metric']}, mean ± std over {len(data['seeds'])} "
+        f"seed(s); columns: {data['size_unit']}",
+    )
+    cost = table(
+        [
+            "rung",
+            "size",
+            "train examples",
+            "train s",
+            "wall s",
+            "trainable params",
+            "train FLOPs (est.)",
+            "runs",
+        ],
+        [
+            [
+                c["rung"],
+                c["size"],
+                round(c["train_examples"]),
+                round(c["train_seconds"], 1),
+                round(c["wall_seconds"], 1),
+                c["trainable_parameters"],
+                f"{c['train_flops']:.2e}",
+                Raw(
+                    " ".join(
+                        f'<a href="{esc(p)}/report.html">s{sd}</a>'
+                        for p, sd in zip(c["runs"], c["seeds"], strict=True)
+                    )
+                ),
+            ]
+            for c in data["cells"]
+        ],
+        left=2,
+    )
+    notes = table(
+        ["rung", "method", "what it is"],
+        [[r, v["method"], v["note"]] for r, v in data["rungs"].items()],
+        left=3,
+    )
+    verdict = ""
+    if "scratch" in data["rungs"]:
+        lines = []
+        for s in sizes:
+            a, b = cell.get(("recipe", str(s))), cell.get(("scratch", str(s)))
+            if a and b:
+                gap = 100 * (a["mean"] - b["mean"])
+                lines.append(
+                    f"<li>{esc(s)} {esc(data['size_unit'])}: fine-tuned "
+                    f"{a['mean']:.3f} vs scratch {b['mean']:.3f} — "
+                    f"<b class={'ok' if gap > 0 else 'bad'}>{gap:+.1f} points</b></li>"
+                )
+        verdict = "<ul>" + "".join(lines) + "</ul>"
+    sections = [
+        ("Ladder", ladder + verdict),
+        (
+            "Learning curves",
+            figure_from_bytes(
+                png, "Metric vs training data per rung; error bars = std over seeds."
+            ),
+        ),
+        (
+            "Cost",
+            cost + "<p class=muted>FLOPs: 6·N·T rule (Kaplan et al. 2020) split into "
+            "forward, activation and weight gradients; T = tokens seen.</p>",
+        ),
+        ("Rungs", notes),
+    ]
+    html_ = page(
+        f"finekit compare — {data['recipe']}",
+        sections,
+        "<p>The same recipe at each rung, on identical splits, seeds and evaluation. "
+        "Each run links to its own report.</p>",
+    )
+    path = out / REPORT
+    path.write_text(html_, encoding="utf-8")
+    return path

@@ -1,0 +1,236 @@
+"""The HTML report of one run: what was trained, on what, how it went, how good it is.
+
+Generic sections come from the run directory (recipe, run.json, metrics.jsonl, eval/);
+task-specific ones (class balance, leakage, confusions...) from the task's
+`report_sections`, so every task gets a report and adds what only it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from finekit.report.html import (  # noqa: E402
+    Raw,
+    esc,
+    figure_from_file,
+    figure_from_matplotlib,
+    fmt,
+    page,
+    table,
+)
+from finekit.rundir import RECIPE, RUN_JSON, read_json  # noqa: E402
+
+log = logging.getLogger(__name__)
+REPORT = "report.html"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def curves_figure(rows: list[dict[str, Any]], metric: str) -> str | None:
+    """Loss (train per step, smoothed; validation and training subset per evaluation) and
+    the headline metric (validation vs training subset): the overfitting gap at a glance."""
+    train = [r for r in rows if r["split"] == "train" and r.get("loss") is not None]
+    val = [r for r in rows if r["split"] == "validation"]
+    tre = [r for r in rows if r["split"] == "train_eval"]
+    if not train:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    steps = [r["step"] for r in train]
+    losses = [r["loss"] for r in train]
+    ema, smooth = losses[0], []
+    for x in losses:  # exponential moving average, like TensorBoard's smoothing
+        ema = 0.9 * ema + 0.1 * x
+        smooth.append(ema)
+    ax1.plot(steps, losses, color="#9ecae1", lw=0.8, label="train (per step)")
+    ax1.plot(steps, smooth, color="#08519c", lw=1.6, label="train (smoothed)")
+    if val and "loss" in val[0]:
+        ax1.plot(
+            [r["step"] for r in val],
+            [r["loss"] for r in val],
+            "o-",
+            color="#d94801",
+            label="validation",
+        )
+    if tre and "loss" in tre[0]:
+        ax1.plot(
+            [r["step"] for r in tre],
+            [r["loss"] for r in tre],
+            "s--",
+            color="#31a354",
+            label="training subset (eval mode)",
+        )
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("loss")
+    ax1.set_title("Loss")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    if val and metric in val[0]:
+        ax2.plot(
+            [r["step"] for r in val],
+            [r[metric] for r in val],
+            "o-",
+            color="#d94801",
+            label="validation",
+        )
+        if tre and metric in tre[0]:
+            ax2.plot(
+                [r["step"] for r in tre],
+                [r[metric] for r in tre],
+                "s--",
+                color="#31a354",
+                label="training subset",
+            )
+        ax2.set_xlabel("optimizer step")
+        ax2.set_ylabel(metric)
+        ax2.set_title(f"{metric}: training vs validation")
+        ax2.legend(fontsize=8)
+        ax2.grid(alpha=0.3)
+    else:
+        ax2.set_axis_off()
+    fig.tight_layout()
+    return figure_from_matplotlib(
+        fig,
+        "Training curves. A widening gap between the training subset and validation "
+        "while validation stops improving is the signature of overfitting.",
+    )
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+    splits = list(metrics)
+    keys: list[str] = []
+    for m in metrics.values():
+        keys += [k for k, v in m.items() if isinstance(v, (int, float)) and k not in keys]
+    rows = [[k, *[metrics[s].get(k, "") for s in splits]] for k in keys]
+    return table(["metric", *splits], rows)
+
+
+def run_report(run_dir: Path) -> Path:
+    """Write run_dir/report.html and return its path."""
+    run = read_json(run_dir / RUN_JSON)
+    recipe_text = (run_dir / RECIPE).read_text(encoding="utf-8")
+    rows = read_metrics(run_dir)
+    metric = "accuracy"
+    try:
+        from finekit.recipe import Recipe
+
+        recipe = Recipe.from_yaml(run_dir / RECIPE)
+        metric = recipe.evaluation.metric
+    except Exception as e:  # a report must render even for an odd run
+        log.warning("report: recipe not readable (%s)", e)
+        recipe = None
+    sections: list[tuple[str, str]] = []
+    metrics = run.get("metrics", {})
+    train = run.get("train", {})
+
+    kpis = []
+    for split in ("test", "validation"):
+        if split in metrics and metric in metrics[split]:
+            kpis.append(
+                f"<span class=kpi>{esc(split)} {esc(metric)}"
+                f"<b>{metrics[split][metric]:.4f}</b></span>"
+            )
+    if train:
+        kpis.append(f"<span class=kpi>training time<b>{train.get('seconds', 0):.0f} s</b></span>")
+        kpis.append(
+            f"<span class=kpi>trainable parameters"
+            f"<b>{train.get('trainable_parameters', 0):,}</b></span>"
+        )
+    model = run.get("model", {})
+    intro = (
+        f"<p>{esc(recipe.description if recipe else '')}</p>"
+        f"<p>Task <b>{esc(run.get('task', '?'))}</b>, method <b>{esc(run.get('method', '?'))}</b>, "
+        f"model <code>{esc(model.get('path', '?'))}</code> ({esc(model.get('init', ''))}), "
+        f"status <b>{esc(run.get('status'))}</b>, finished {esc(run.get('finished_at', '—'))}.</p>"
+        + "".join(kpis)
+    )
+    for alarm in run.get("alarms", []) or []:
+        intro += f"<p class=warn>{esc(alarm)}</p>"
+
+    if metrics:
+        html_ = metrics_table(metrics)
+        html_ += (
+            "<p class=muted>Metrics of the exported model reloaded from "
+            "<code>model/</code> (fp32), as <code>finekit eval</code> reproduces them.</p>"
+        )
+        sections.append(("Results", html_))
+    fig = curves_figure(rows, metric)
+    if fig:
+        sections.append(("Training curves", fig + _train_table(train)))
+    # Task sections: data summary, per-class, confusions...
+    if recipe is not None:
+        try:
+            from finekit.tasks import build_task
+
+            task = build_task(recipe.task)
+            hook = getattr(task, "report_sections", None)
+            if hook is not None:
+                sections += hook(run_dir, recipe, run)
+        except Exception as e:
+            log.warning("report: task sections skipped: %s", e)
+            sections.append(("Task details", f"<p class=warn>Not available: {esc(e)}</p>"))
+    figures = sorted((run_dir / "eval").glob("*.png")) if (run_dir / "eval").is_dir() else []
+    if figures and not any(t == "Confusions" for t, _ in sections):
+        sections.append(
+            (
+                "Evaluation plots",
+                "".join(figure_from_file(p, p.stem.replace("_", " ")) for p in figures),
+            )
+        )
+    sections.append(("Recipe (resolved)", f"<pre>{esc(recipe_text)}</pre>"))
+    sections.append(("Run directory", _files_table(run_dir)))
+    out = run_dir / REPORT
+    title = f"finekit run — {run.get('name', run_dir.name)}"
+    out.write_text(page(title, sections, intro), encoding="utf-8")
+    return out
+
+
+def _train_table(train: dict[str, Any]) -> str:
+    keys = [
+        "seconds",
+        "samples_per_second",
+        "tokens_per_second",
+        "steps",
+        "epochs",
+        "samples_seen",
+        "trainable_parameters",
+        "total_parameters",
+        "precision",
+        "device",
+        "num_processes",
+        "resumed_from",
+    ]
+    return table(["training", "value"], [[k, train[k]] for k in keys if k in train])
+
+
+def _files_table(run_dir: Path) -> str:
+    rows = []
+    for p in sorted(run_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        size = (
+            sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            if p.is_dir()
+            else p.stat().st_size
+        )
+        rows.append([p.name + ("/" if p.is_dir() else ""), f"{size / 1e6:.2f} MB"])
+    return table(["file", "size"], rows) + (f"<p class=muted>{esc(run_dir.resolve())}</p>")
+
+
+__all__ = ["REPORT", "Raw", "curves_figure", "fmt", "read_metrics", "run_report"]

@@ -1,0 +1,122 @@
+"""The HTML report and the compare ladder, on the tiny model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from finekit import Recipe, finetune
+from finekit.errors import DataError, RecipeError, RunDirError
+from finekit.evaluate.compare import compare, train_flops
+from finekit.report import write_report
+from finekit.report.classify import leakage
+
+
+def _images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_leakage_finds_exact_and_near_duplicates() -> None:
+    train = ["My card was stolen yesterday", "When do you open on Sunday?", "refund please"]
+    other = ["my card was STOLEN yesterday!", "When do you open on sundays", "new text here"]
+    lk = leakage(train, other)
+    assert lk["exact"] == ["my card was STOLEN yesterday!"]
+    assert [n[0] for n in lk["near"]] == ["When do you open on sundays"]
+
+
+def test_run_report_is_self_contained_and_complete(
+    tiny_recipe: Recipe, toy_data, tmp_path: Path
+) -> None:
+    # Plant a leak: one test row copied from training.
+    train = pd.read_csv(toy_data["train"])
+    test = pd.concat([pd.read_csv(toy_data["test"]), train.head(1)])
+    test.to_csv(tmp_path / "test_leaky.csv", index=False)
+    r = tiny_recipe.with_overrides({"data.test": str(tmp_path / "test_leaky.csv")})
+    result = finetune(r)
+    html = (result.run_dir / "report.html").read_text()
+    from PIL import Image
+
+    imgs = _images(html)
+    assert len(imgs) >= 4  # curves, class balance, lengths, confusion matrix
+    for data in imgs:
+        w, h = Image.open(io.BytesIO(data)).size
+        assert w > 100 and h > 100
+    assert f"{result.metrics['test']['accuracy']:.4f}" in html
+    for title in (
+        "Results",
+        "Training curves",
+        "Data",
+        "Leakage check",
+        "Per-class metrics",
+        "Confusions",
+        "Recipe (resolved)",
+    ):
+        assert title in html, title
+    # The planted duplicate is counted: test row with 1 exact duplicate.
+    assert re.search(
+        r"<td class=\"l\">test</td><td class=\"\">46</td><td class=\"\">1</td>", html
+    ), "leak not reported"
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    # The validation rows include the training-subset evaluation (the gap).
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(x["split"] == "train_eval" for x in rows)
+    assert "loss" in result.metrics["test"]
+
+
+def test_report_command_rebuilds_and_refuses_other_folders(
+    tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    result = finetune(tiny_recipe.with_overrides({"training.epochs": 1}))
+    (result.run_dir / "report.html").unlink()
+    assert write_report(result.run_dir).is_file()
+    with pytest.raises(RunDirError, match="neither a finekit run directory"):
+        write_report(tmp_path)
+
+
+def test_flops_rule() -> None:
+    assert train_flops(100, 100, 10, "full") == 6 * 100 * 10
+    assert train_flops(100, 5, 10, "linear_probe") == (2 * 100 + 2 * 5) * 10
+
+
+def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    r = tiny_recipe.with_overrides({"training.epochs": 2, "evaluation.train_eval_samples": 0})
+    out = tmp_path / "cmp"
+    logs: list[str] = []
+    result = compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append)
+    cells = {(c["rung"], c["size"]): c for c in result["cells"]}
+    assert set(cells) == {
+        (a, b) for a in ("recipe", "scratch", "linear-probe") for b in (4, "full")
+    }
+    c = cells[("recipe", 4)]
+    assert len(c["values"]) == 2 and c["seeds"] == [42, 43] and c["train_examples"] == 12
+    assert (
+        cells[("linear-probe", "full")]["trainable_parameters"]
+        < cells[("recipe", "full")]["trainable_parameters"]
+    )
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["size_unit"] == "examples per class"
+    assert "random init" in saved["rungs"]["scratch"]["note"]
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert "Ladder" in html and "runs/recipe/4/seed-42/report.html" in html
+    # Rerun: everything is skipped.
+    logs.clear()
+    compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append)
+    assert logs and all("skipped" in line for line in logs)
+    # Another recipe: refused, naming the difference.
+    with pytest.raises(RunDirError, match=r"another recipe \(differs in training\.lr\)"):
+        compare(r.with_overrides({"training.lr": 0.5}), "scratch", "4", 1, out)
+    with pytest.raises(
+        DataError,
+        match=r"--sizes 500: larger than the smallest class.*"
+        r"largest possible: 3\d",
+    ):
+        compare(r, "scratch", "500", 1, tmp_path / "other")
+    with pytest.raises(RecipeError, match="unknown rung 'nope'; known: scratch"):
+        compare(r, "scratch,nope", "4", 1, tmp_path / "other2")
