@@ -113,6 +113,10 @@ def test_k_per_class_is_reproducible_and_checked(tmp_path: Path) -> None:
         DataError, match=r"k_per_class=20 but 3 class\(es\) have fewer.*largest possible: 10"
     ):
         sample_per_class(df, "label", 20, seed=7, source="train.csv")
+    capped = sample_per_class(df.iloc[:25], "label", 9, seed=7, source="t.csv", cap=True)
+    assert sorted(capped["label"].value_counts().tolist()) == [8, 8, 9]  # 'c' has only 8
+    with pytest.raises(DataError, match=r"larger than the largest class \(9 examples"):
+        sample_per_class(df.iloc[:25], "label", 10, seed=7, source="t.csv", cap=True)
 
 
 def test_too_few_examples_for_a_stratified_split(tmp_path: Path) -> None:

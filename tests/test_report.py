@@ -79,6 +79,14 @@ def test_report_command_rebuilds_and_refuses_other_folders(
         write_report(tmp_path)
 
 
+def test_small_sizes_get_enough_steps(tiny_recipe: Recipe) -> None:
+    from finekit.evaluate.compare import cell_epochs
+
+    r = tiny_recipe.with_overrides({"training.epochs": 2, "training.batch_size": 8})
+    assert cell_epochs(r, n_train=40, min_steps=50) == 10  # 50 steps * 8 / 40 examples
+    assert cell_epochs(r, n_train=4000, min_steps=50) == 2  # never fewer than the recipe
+
+
 def test_flops_rule() -> None:
     assert train_flops(100, 100, 10, "full") == 6 * 100 * 10
     assert train_flops(100, 5, 10, "linear_probe") == (2 * 100 + 2 * 5) * 10
@@ -88,7 +96,7 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
     r = tiny_recipe.with_overrides({"training.epochs": 2, "evaluation.train_eval_samples": 0})
     out = tmp_path / "cmp"
     logs: list[str] = []
-    result = compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append)
+    result = compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append, min_steps=0)
     cells = {(c["rung"], c["size"]): c for c in result["cells"]}
     assert set(cells) == {
         (a, b) for a in ("recipe", "scratch", "linear-probe") for b in (4, "full")
@@ -107,14 +115,14 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
     assert "Ladder" in html and "runs/recipe/4/seed-42/report.html" in html
     # Rerun: everything is skipped.
     logs.clear()
-    compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append)
+    compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append, min_steps=0)
     assert logs and all("skipped" in line for line in logs)
     # Another recipe: refused, naming the difference.
     with pytest.raises(RunDirError, match=r"another recipe \(differs in training\.lr\)"):
         compare(r.with_overrides({"training.lr": 0.5}), "scratch", "4", 1, out)
     with pytest.raises(
         DataError,
-        match=r"--sizes 500: larger than the smallest class.*"
+        match=r"--sizes 500: larger than the largest class.*"
         r"largest possible: 3\d",
     ):
         compare(r, "scratch", "500", 1, tmp_path / "other")

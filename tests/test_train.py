@@ -221,10 +221,13 @@ def test_bad_input_writes_nothing(tiny_recipe: Recipe, tmp_path: Path) -> None:
 
 
 def test_string_labels_keep_leading_zeros(tiny_recipe: Recipe, tmp_path: Path) -> None:
-    rows = [{"text": f"card lost {i}" if i % 2 else f"open hours {i}",
-             "label": "01" if i % 2 else "1"} for i in range(40)]
+    rows = [
+        {"text": f"card lost {i}" if i % 2 else f"open hours {i}", "label": "01" if i % 2 else "1"}
+        for i in range(40)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "zeros.csv", index=False)
-    r = tiny_recipe.with_overrides({"data.train": str(tmp_path / "zeros.csv"), "data.test": None,
-                                    "training.epochs": 1})
+    r = tiny_recipe.with_overrides(
+        {"data.train": str(tmp_path / "zeros.csv"), "data.test": None, "training.epochs": 1}
+    )
     result = finetune(r)
     assert result.summary["data"]["labels"] == ["01", "1"]

@@ -241,6 +241,9 @@ def compare(
         str, typer.Option(help="Examples per class (or total), and/or 'full'")
     ] = "full",
     seeds: Annotated[int, typer.Option(help="Seeds per cell (mean ± std)")] = 1,
+    min_steps: Annotated[
+        int, typer.Option(help="Raise epochs so small sizes get at least this many steps")
+    ] = 300,
     output: Annotated[Optional[str], typer.Option("--output", "-o")] = None,  # noqa: UP045
     set_: SetOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -255,7 +258,7 @@ def compare(
     _setup_logging(verbose)
     r = Recipe.from_yaml(recipe, overrides=set_ or [])
     out = output or f"runs/compare-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_compare(r, against, sizes, seeds, out, echo=typer.echo)
+    result = run_compare(r, against, sizes, seeds, out, echo=typer.echo, min_steps=min_steps)
     typer.echo("")
     for c in result["cells"]:
         typer.echo(

@@ -83,6 +83,8 @@ class DataSpec(Section):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     # Few-shot: keep k training examples per class, sampled reproducibly by `training.seed`.
     k_per_class: int | None = Field(None, ge=1)
+    # Classes with fewer than k examples: error (false) or keep all they have (true).
+    k_per_class_cap: bool = False
     # Cap the number of training examples (after k_per_class), sampled by seed.
     max_train_samples: int | None = Field(None, ge=1)
     # Split names inside an HF DatasetDict.

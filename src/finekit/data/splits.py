@@ -102,17 +102,29 @@ def holdout(
     return rest.reset_index(drop=True), held.reset_index(drop=True)
 
 
-def sample_per_class(df: pd.DataFrame, column: str, k: int, seed: int, source: str) -> pd.DataFrame:
-    """Keep k rows per class, reproducibly by seed; error naming classes with fewer than k."""
+def sample_per_class(
+    df: pd.DataFrame, column: str, k: int, seed: int, source: str, cap: bool = False
+) -> pd.DataFrame:
+    """Keep k rows per class, reproducibly by seed. Classes with fewer than k rows are an
+    error naming them, or with `cap` keep all their rows (k larger than every class is
+    always an error)."""
     counts = df[column].value_counts()
     short = counts[counts < k]
+    if cap and k <= int(counts.max()):
+        short = short.iloc[0:0]
+    elif cap:
+        raise DataError(
+            f"{source}: data.k_per_class={k} is larger than the largest class "
+            f"({int(counts.max())} examples of {counts.idxmax()!r})"
+        )
     if len(short):
         raise DataError(
             f"{source}: data.k_per_class={k} but {len(short)} class(es) have fewer examples: "
             f"{_fmt_counts(short)}; lower k_per_class (largest possible: {int(counts.min())})"
         )
     parts = [
-        g.sample(n=k, random_state=seed) for _, g in df.groupby(column, sort=True, dropna=False)
+        g.sample(n=min(k, len(g)), random_state=seed)
+        for _, g in df.groupby(column, sort=True, dropna=False)
     ]
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 

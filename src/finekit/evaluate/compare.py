@@ -9,6 +9,7 @@ resumes interrupted ones.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -100,10 +101,27 @@ def parse_rungs(text: str, recipe: Recipe) -> list[str]:
     return ["recipe", *[n for n in names if n != "recipe"]]
 
 
+def cell_epochs(recipe: Recipe, n_train: int, min_steps: int) -> float:
+    """The recipe's epochs, raised so that small sizes still get `min_steps` optimizer
+    steps (4 epochs of 80 examples would be ~10 steps: an untrained, not a fair, rung)."""
+    per_step = recipe.training.batch_size * recipe.training.grad_accum
+    if n_train <= 0 or min_steps <= 0:
+        return recipe.training.epochs
+    return max(recipe.training.epochs, math.ceil(min_steps * per_step / n_train))
+
+
 def rung_recipe(
-    recipe: Recipe, rung: str, size: int | str, seed: int, out: Path, classes: bool
+    recipe: Recipe,
+    rung: str,
+    size: int | str,
+    seed: int,
+    out: Path,
+    classes: bool,
+    n_train: int = 0,
+    min_steps: int = 0,
 ) -> Recipe:
     """The recipe of one cell of the ladder."""
+    recipe = recipe.with_overrides({"training.epochs": cell_epochs(recipe, n_train, min_steps)})
     upd: dict[str, Any] = {
         "training.seed": seed,
         "output.dir": str(out),
@@ -112,6 +130,8 @@ def rung_recipe(
     }
     if size != "full":
         upd["data.k_per_class" if classes else "data.max_train_samples"] = size
+        if classes:  # classes smaller than the size keep all they have
+            upd["data.k_per_class_cap"] = True
     else:
         upd["data.k_per_class"] = None
         upd["data.max_train_samples"] = None
@@ -132,7 +152,7 @@ def train_flops(total: int, trainable: int, tokens: int, method: str) -> float:
     return float(tokens) * (2 * total + (2 * total if backprop_body else 0) + 2 * trainable)
 
 
-def check_sizes(recipe: Recipe, sizes: list[int | str]) -> tuple[bool, dict[str, int]]:
+def check_sizes(recipe: Recipe, sizes: list[int | str]) -> tuple[bool, dict[str, int], int]:
     """Fail before any training when a size exceeds what the data holds."""
     from finekit.data.splits import read_splits
     from finekit.tasks import build_task
@@ -146,18 +166,18 @@ def check_sizes(recipe: Recipe, sizes: list[int | str]) -> tuple[bool, dict[str,
         if not isinstance(s, int):
             continue
         if classes:
-            smallest = min(counts, key=lambda k: counts[k])
-            if s > counts[smallest]:
+            largest = max(counts, key=lambda k: counts[k])
+            if s > counts[largest]:
                 raise DataError(
-                    f"--sizes {s}: larger than the smallest class in {recipe.data.train} "
-                    f"({counts[smallest]} training examples of {smallest!r} after the "
-                    f"validation hold-out); largest possible: {counts[smallest]}"
+                    f"--sizes {s}: larger than the largest class in {recipe.data.train} "
+                    f"({counts[largest]} training examples of {largest!r} after the "
+                    f"validation hold-out); largest possible: {counts[largest]}"
                 )
         elif s > prepared.info["rows"]["train"]:
             raise DataError(
                 f"--sizes {s}: larger than the training set ({prepared.info['rows']['train']} rows)"
             )
-    return classes, counts
+    return classes, counts, int(prepared.info["rows"]["train"])
 
 
 def compare(
@@ -167,8 +187,10 @@ def compare(
     seeds: int,
     output: str | Path,
     echo: Callable[[str], Any] = print,
+    min_steps: int = 300,
 ) -> dict[str, Any]:
-    """Run (or finish) the ladder; write compare.json, learning curves and the report."""
+    """Run (or finish) the ladder; write compare.json, learning curves and the report.
+    Small sizes train for at least `min_steps` optimizer steps (epochs raised)."""
     from finekit.api import finetune
 
     if seeds < 1:
@@ -189,7 +211,7 @@ def compare(
                 f"compare directory {out} was made by another recipe (differs in "
                 f"{', '.join(diff)}); use another --output"
             )
-    classes, counts = check_sizes(recipe, size_list)
+    classes, counts, total_train = check_sizes(recipe, size_list)
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_yaml(stored)
     seed_list = [recipe.training.seed + i for i in range(seeds)]
@@ -198,7 +220,14 @@ def compare(
     runs: list[dict[str, Any]] = []
     for i, (rung, size, seed) in enumerate(cells, 1):
         run_dir = out / "runs" / rung / str(size) / f"seed-{seed}"
-        r = rung_recipe(recipe, rung, size, seed, run_dir, classes)
+        n_train = (
+            sum(min(size, c) for c in counts.values())
+            if classes and isinstance(size, int)
+            else size
+            if isinstance(size, int)
+            else total_train
+        )
+        r = rung_recipe(recipe, rung, size, seed, run_dir, classes, n_train, min_steps)
         done = is_run_dir(run_dir) and read_json(run_dir / "run.json").get("status") == "completed"
         tag = f"[{i}/{len(cells)}] {rung:<13} size={size!s:<5} seed={seed}"
         if done:
@@ -220,6 +249,7 @@ def compare(
             }
         )
     result = aggregate(recipe, rungs, size_list, seed_list, runs, classes, counts, method_name)
+    result["min_steps"] = min_steps
     write_json(out / COMPARE_JSON, result)
     from finekit.report.compare import compare_report
 
@@ -272,6 +302,7 @@ def aggregate(
                         x["run"].get("wall_seconds", 0) for x in group
                     ),
                     "trainable_parameters": trains[0]["trainable_parameters"],
+                    "epochs": trains[0].get("epochs"),
                     "train_flops": statistics.fmean(flops),
                     "runs": [x["run_dir"] for x in group],
                 }
@@ -291,5 +322,6 @@ def aggregate(
             for r in rungs
         },
         "smallest_class": min(counts.values()) if counts else None,
+        "epochs": {f"{c['rung']}/{c['size']}": c["epochs"] for c in cells},
         "cells": cells,
     }

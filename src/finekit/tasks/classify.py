@@ -99,7 +99,9 @@ class ClassifyTask:
             )
             sources["validation"] = f"{d.validation_fraction:.0%} held out of {src}"
         if d.k_per_class is not None:
-            train = sample_per_class(train, self.label_column, d.k_per_class, seed, src)
+            train = sample_per_class(
+                train, self.label_column, d.k_per_class, seed, src, cap=d.k_per_class_cap
+            )
         if d.max_train_samples is not None and len(train) > d.max_train_samples:
             train = train.sample(n=d.max_train_samples, random_state=seed).reset_index(drop=True)
         missing = sorted(set(self.labels) - set(train[self.label_column]))
