@@ -231,3 +231,17 @@ def test_string_labels_keep_leading_zeros(tiny_recipe: Recipe, tmp_path: Path) -
     )
     result = finetune(r)
     assert result.summary["data"]["labels"] == ["01", "1"]
+
+
+def test_checkpoint_each_epoch_off_keeps_step_and_final_checkpoints(tiny_recipe: Recipe) -> None:
+    r = tiny_recipe.with_overrides({"training.epochs": 3, "training.checkpoint_each_epoch": False,
+                                    "training.checkpoint_every": 20,
+                                    "training.keep_checkpoints": 5})
+    seen: list[str] = []
+
+    class Spy:
+        def on_checkpoint(self, state, control, path) -> None:
+            seen.append(path.name)
+
+    finetune(r, callbacks=[Spy()])
+    assert seen == ["step-00000020", "step-00000040", "step-00000042"]

@@ -76,6 +76,8 @@ class DataSpec(Section):
     text_column: str = "text"
     # Second text of a pair (NLI, question/passage); None for single texts.
     text_pair_column: str | None = None
+    # Columns renamed on read, e.g. {content: sentence} when splits name the text differently.
+    rename: dict[str, str] = Field(default_factory=dict)
     label_column: str = "label"
     # Held out of train (stratified) when no validation file is given; 0 disables validation.
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -121,6 +123,9 @@ class TrainingSpec(Section):
     log_every: int = Field(1, ge=1)  # optimizer steps per metrics.jsonl row (1 = every step)
     # Checkpoint every N optimizer steps in addition to each epoch end (None: epochs only).
     checkpoint_every: int | None = Field(None, ge=1)
+    # Also at each epoch end (off for tiny data sets with hundreds of short epochs); the
+    # last step is always checkpointed.
+    checkpoint_each_epoch: bool = True
     keep_checkpoints: int = Field(1, ge=1)  # newest complete checkpoints kept on disk
     num_workers: int = Field(0, ge=0)  # DataLoader workers; 0 is fastest on 2 CPU cores
 

@@ -36,7 +36,14 @@ class Splits:
 
 def read_splits(spec: DataSpec) -> Splits:
     """Read the files named in `data`; an HF DatasetDict given as train also fills the rest."""
-    train = read_table(spec.train, spec.format, spec.hf_splits.get("train"), [spec.label_column])
+
+    def _read(path: str, split: str) -> pd.DataFrame:
+        labels = [spec.label_column, *[k for k, v in spec.rename.items() if v == spec.label_column]]
+        df = read_table(path, spec.format, spec.hf_splits.get(split), labels)
+        present = {k: v for k, v in spec.rename.items() if k in df.columns}
+        return df.rename(columns=present) if present else df
+
+    train = _read(spec.train, "train")
     sources = {"train": spec.train}
     out = Splits(train=train, sources=sources)
     for split in ("validation", "test"):
@@ -46,11 +53,7 @@ def read_splits(spec: DataSpec) -> Splits:
             if hf_name and _has_split(spec.train, hf_name):
                 path = spec.train
         if path is not None:
-            setattr(
-                out,
-                split,
-                read_table(path, spec.format, spec.hf_splits.get(split), [spec.label_column]),
-            )
+            setattr(out, split, _read(path, split))
             sources[split] = path if path != spec.train else f"{path}[{spec.hf_splits[split]}]"
     return out
 

@@ -121,7 +121,21 @@ def rung_recipe(
     min_steps: int = 0,
 ) -> Recipe:
     """The recipe of one cell of the ladder."""
-    recipe = recipe.with_overrides({"training.epochs": cell_epochs(recipe, n_train, min_steps)})
+    epochs = cell_epochs(recipe, n_train, min_steps)
+    upd0: dict[str, Any] = {"training.epochs": epochs}
+    if epochs > 10 and n_train > 0:
+        # Many short epochs: validate/checkpoint ~10 times per run, not every epoch.
+        per_step = recipe.training.batch_size * recipe.training.grad_accum
+        steps = math.ceil(epochs * math.ceil(n_train / per_step))
+        every = max(1, math.ceil(steps / 10))
+        upd0.update(
+            {
+                "evaluation.every_steps": every,
+                "training.checkpoint_every": every,
+                "training.checkpoint_each_epoch": False,
+            }
+        )
+    recipe = recipe.with_overrides(upd0)
     upd: dict[str, Any] = {
         "training.seed": seed,
         "output.dir": str(out),

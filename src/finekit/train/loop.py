@@ -408,7 +408,9 @@ class Loop:
                 self.model.train()
             if epoch_done:
                 fire(self.callbacks, "on_epoch_end", self.state, self.control)
-            self.checkpoint()
+            final = p.step >= self.total_steps or self.control.should_stop
+            if final or spec.checkpoint_each_epoch:
+                self.checkpoint()
             window_start += time.perf_counter() - paused
         bar.close()
         fire(self.callbacks, "on_train_end", self.state, self.control)
