@@ -128,3 +128,17 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
         compare(r, "scratch", "500", 1, tmp_path / "other")
     with pytest.raises(RecipeError, match="unknown rung 'nope'; known: scratch"):
         compare(r, "scratch,nope", "4", 1, tmp_path / "other2")
+
+
+def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    from finekit.evaluate.compare import parse_rungs, rung_recipe
+
+    assert parse_rungs("scratch,full,lora", tiny_recipe) == ["recipe", "scratch", "lora"]
+    scratch = rung_recipe(tiny_recipe, "scratch", 4, 1, tmp_path / "a", classes=True)
+    same = rung_recipe(tiny_recipe, "scratch-same", 4, 1, tmp_path / "b", classes=True)
+    assert scratch.model.init == same.model.init == "scratch"
+    assert scratch.training.lr >= 3e-4 and scratch.training.epochs == 2 * tiny_recipe.training.epochs
+    assert same.training.lr == tiny_recipe.training.lr
+    assert same.training.epochs == tiny_recipe.training.epochs
+    probe = rung_recipe(tiny_recipe, "linear-probe", "full", 1, tmp_path / "c", classes=True)
+    assert probe.method.name == "linear_probe" and probe.data.k_per_class is None

@@ -4,7 +4,18 @@ provable. `from finekit import Recipe, finetune`."""
 __version__ = "0.1.0"
 
 from finekit.api import FinetuneResult, finetune, make_recipe  # noqa: E402
+from finekit.evaluate.compare import compare  # noqa: E402
 from finekit.recipe import Recipe  # noqa: E402
+from finekit.report import write_report  # noqa: E402
 from finekit.serve.predict import load_run  # noqa: E402
 
-__all__ = ["FinetuneResult", "Recipe", "__version__", "finetune", "load_run", "make_recipe"]
+__all__ = [
+    "FinetuneResult",
+    "Recipe",
+    "__version__",
+    "compare",
+    "finetune",
+    "load_run",
+    "make_recipe",
+    "write_report",
+]

@@ -12,12 +12,15 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
+from torch import nn
 
 from finekit.data.splits import read_splits
 from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.methods import MethodContext, build_method, count_parameters
+from finekit.methods.base import Method
 from finekit.models import family_for
+from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
 from finekit.recipe import Recipe, deep_merge
 from finekit.rundir import (
     RUN_JSON,
@@ -29,6 +32,7 @@ from finekit.rundir import (
     write_json,
 )
 from finekit.tasks import EncodedDataset, build_task
+from finekit.tasks.base import Prepared, Task
 from finekit.train.loop import Loop, detect_device_type, make_accelerator
 from finekit.train.precision import resolve_precision
 
@@ -83,6 +87,39 @@ def finetune(
     state = PartialState()  # accelerate's process info (rank, world size); no device work
     # 1. Everything that can be wrong with the input fails here, before anything is written.
     run_dir = check_run_dir(r, resume, main_process=state.is_main_process)
+    setup = _setup(r)
+    # 2. Only now the run directory is made (by one process; the others wait for it).
+    if state.is_main_process and not resume:
+        create_run_dir(r, run_dir)
+    state.wait_for_everyone()
+    handler = _log_to(run_dir / "train.log") if state.is_main_process else None
+    try:
+        return _run(r, run_dir, resume, callbacks or [], started, setup)
+    except BaseException as e:
+        if state.is_main_process:
+            mark_failed(run_dir, e)
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger("finekit").removeHandler(handler)
+            handler.close()
+
+
+@dataclass
+class _Setup:
+    """Everything built from the recipe before the run directory exists."""
+
+    task: Task
+    prepared: Prepared
+    family: ModelFamily
+    loaded: LoadedModel
+    groups: LayerGroups
+    method: Method
+    model: nn.Module
+
+
+def _setup(r: Recipe) -> _Setup:
+    """data -> task -> model -> method, with every input check; writes nothing."""
     task = build_task(r.task)
     prepared = task.prepare(read_splits(r.data), r)
     family = family_for(r.model)
@@ -94,34 +131,7 @@ def finetune(
     method = build_method(r.method)
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
-    # 2. Only now the run directory is made (by one process; the others wait for it).
-    if state.is_main_process and not resume:
-        create_run_dir(r, run_dir)
-    state.wait_for_everyone()
-    handler = _log_to(run_dir / "train.log") if state.is_main_process else None
-    try:
-        return _run(
-            r,
-            run_dir,
-            resume,
-            callbacks or [],
-            started,
-            task,
-            prepared,
-            family,
-            loaded,
-            groups,
-            method,
-            model,
-        )
-    except BaseException as e:
-        if state.is_main_process:
-            mark_failed(run_dir, e)
-        raise
-    finally:
-        if handler is not None:
-            logging.getLogger("finekit").removeHandler(handler)
-            handler.close()
+    return _Setup(task, prepared, family, loaded, groups, method, model)
 
 
 def check_max_length(model: Any, max_length: int) -> None:
@@ -135,19 +145,10 @@ def check_max_length(model: Any, max_length: int) -> None:
 
 
 def _run(
-    r: Recipe,
-    run_dir: Path,
-    resume: bool,
-    callbacks: list[Any],
-    started: float,
-    task: Any,
-    prepared: Any,
-    family: Any,
-    loaded: Any,
-    groups: Any,
-    method: Any,
-    model: Any,
+    r: Recipe, run_dir: Path, resume: bool, callbacks: list[Any], started: float, setup: _Setup
 ) -> FinetuneResult:
+    task, prepared, family, loaded = setup.task, setup.prepared, setup.family, setup.loaded
+    groups, method, model = setup.groups, setup.method, setup.model
     # Exported tokenizers truncate like training did (plain transformers == finekit predict).
     if hasattr(loaded.processor, "model_max_length"):
         loaded.processor.model_max_length = r.training.max_length

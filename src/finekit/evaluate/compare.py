@@ -65,6 +65,12 @@ RUNGS: dict[str, Rung] = {
         "scratch",
         _scratch_training,
     ),
+    "scratch-same": Rung(
+        {"name": "full"},
+        "random init like `scratch`, but the recipe's own rates and epochs: the same budget "
+        "as the fine-tuned run (the question 'what did pre-training buy at equal compute?')",
+        "scratch",
+    ),
     "linear-probe": Rung(
         {"name": "linear_probe"},
         "backbone frozen, head only; lr = the recipe's head_lr or max(10x lr, 1e-3)",
@@ -98,7 +104,9 @@ def parse_rungs(text: str, recipe: Recipe) -> list[str]:
     for n in names:
         if n not in RUNGS:
             raise RecipeError(f"--against: unknown rung {n!r}; known: {', '.join(RUNGS)}")
-    return ["recipe", *[n for n in names if n != "recipe"]]
+    # `full` on a full-fine-tuning recipe is the recipe itself: train it once.
+    same = {"full"} if recipe.method.name == "full" else set()
+    return ["recipe", *[n for n in names if n != "recipe" and n not in same]]
 
 
 def cell_epochs(recipe: Recipe, n_train: int, min_steps: int) -> float:

@@ -19,16 +19,12 @@ CURVE = "learning_curve.png"
 
 
 def _x(cell: dict[str, Any], data: dict[str, Any]) -> float:
-    """x position: the size, or for 'full' the mean training examples per class/total."""
+    """x position: the size, or for 'full' the mean training examples per class (total
+    examples for tasks without classes)."""
     if cell["size"] != "full":
         return float(cell["size"])
-    n_classes = None
-    if data.get("smallest_class") is not None:
-        # full = all training data; per class on average
-        first = cell["train_examples"]
-        n_classes = data.get("num_classes")
-        return first / n_classes if n_classes else first
-    return cell["train_examples"]
+    n_classes = data.get("num_classes")
+    return cell["train_examples"] / n_classes if n_classes else cell["train_examples"]
 
 
 def learning_curve_png(data: dict[str, Any]) -> bytes:
@@ -46,6 +42,9 @@ def learning_curve_png(data: dict[str, Any]) -> bytes:
             label=label,
         )
     ax.set_xscale("log")
+    values = [c["mean"] for c in data["cells"]]
+    if data["metric"] != "loss" and all(0 <= v <= 1 for v in values):
+        ax.set_ylim(0, 1.02)  # the whole scale: gaps are not visually exaggerated
     ax.set_xlabel(data["size_unit"] + " (log scale; 'full' at its mean)")
     ax.set_ylabel(f"{data['split']} {data['metric']}")
     ax.set_title("Learning curves: metric vs training data, one line per rung")
@@ -103,8 +102,8 @@ def compare_report(out: Path) -> Path:
                 c["rung"],
                 c["size"],
                 round(c["train_examples"]),
-                round(c["train_seconds"], 1),
-                round(c["wall_seconds"], 1),
+                f"{c['train_seconds']:.1f}",
+                f"{c['wall_seconds']:.1f}",
                 c["trainable_parameters"],
                 f"{c['train_flops']:.2e}",
                 Raw(
@@ -123,19 +122,20 @@ def compare_report(out: Path) -> Path:
         [[r, v["method"], v["note"]] for r, v in data["rungs"].items()],
         left=3,
     )
-    verdict = ""
-    if "scratch" in data["rungs"]:
-        lines = []
+    lines = []
+    for base in ("scratch", "scratch-same"):
+        if base not in data["rungs"]:
+            continue
         for s in sizes:
-            a, b = cell.get(("recipe", str(s))), cell.get(("scratch", str(s)))
+            a, b = cell.get(("recipe", str(s))), cell.get((base, str(s)))
             if a and b:
                 gap = 100 * (a["mean"] - b["mean"])
                 lines.append(
-                    f"<li>{esc(s)} {esc(data['size_unit'])}: fine-tuned "
-                    f"{a['mean']:.3f} vs scratch {b['mean']:.3f} — "
+                    f"<li>{esc(s)} {esc(data['size_unit'])}: fine-tuned {a['mean']:.3f} vs "
+                    f"{esc(base)} {b['mean']:.3f} — "
                     f"<b class={'ok' if gap > 0 else 'bad'}>{gap:+.1f} points</b></li>"
                 )
-        verdict = "<ul>" + "".join(lines) + "</ul>"
+    verdict = "<ul>" + "".join(lines) + "</ul>" if lines else ""
     sections = [
         ("Ladder", ladder + verdict),
         (
