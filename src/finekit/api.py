@@ -34,6 +34,7 @@ from finekit.rundir import (
 from finekit.tasks import EncodedDataset, build_task
 from finekit.tasks.base import Prepared, Task
 from finekit.train.loop import Loop, detect_device_type, make_accelerator
+from finekit.train.monitors import EarlyStopping, OverfitMonitor
 from finekit.train.precision import resolve_precision
 
 log = logging.getLogger("finekit")
@@ -164,6 +165,12 @@ def _run(
     )
 
     train_eval = _subset(encoded["train"], r.evaluation.train_eval_samples, r.training.seed)
+    ev = r.evaluation
+    mode = ev.resolved_mode()
+    restore_best = ev.restore_best if ev.restore_best is not None else ev.patience is not None
+    stopper = EarlyStopping(ev.metric, mode, ev.patience, ev.min_delta, keep_best=restore_best)
+    monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
+    builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
     accelerator = make_accelerator(r.training)
     loop = Loop(
         task,
@@ -175,7 +182,7 @@ def _run(
         r.training,
         r.evaluation,
         run_dir,
-        callbacks=callbacks,
+        callbacks=builtins + callbacks,
         save_checkpoints=r.output.save_checkpoints,
         accelerator=accelerator,
         train_eval_data=train_eval,
@@ -183,6 +190,14 @@ def _run(
     if resume and loop.resume() is None:
         log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
     summary = loop.fit()
+    best = loop.restore_best() if restore_best else None
+    if best is not None:
+        log.info(
+            "restored the best weights (step %s, %s %.4f)",
+            best.get("step"),
+            ev.metric,
+            best.get(ev.metric, float("nan")),
+        )
 
     accelerator.wait_for_everyone()
     artifacts: dict[str, Any] = {}
@@ -238,6 +253,12 @@ def _run(
                     "resumed_from": summary.resumed_from,
                 },
                 "data": {**prepared.info, "truncation": getattr(task, "truncation", {})},
+                "early_stopping": stopper.summary(),
+                "restored_best": best,
+                "overfitting": monitor.summary() if monitor else None,
+                "alarms": [monitor.summary()["message"]]
+                if monitor and monitor.summary()["detected"]
+                else [],
                 "artifacts": artifacts,
                 "wall_seconds": round(time.time() - started, 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

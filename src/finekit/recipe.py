@@ -136,12 +136,28 @@ class EvaluationSpec(Section):
 
     # Validate every epoch; or every N optimizer steps when `every_steps` is set.
     every_steps: int | None = Field(None, ge=1)
-    metric: str = "accuracy"  # the headline metric (logged, used to pick checkpoints later)
+    metric: str = "accuracy"  # the headline metric: logged, early stopping, best checkpoint
+    # "max" for scores, "min" for losses/perplexities; auto picks by the metric's name.
+    mode: Literal["auto", "max", "min"] = "auto"
     # Per-split plots (confusion matrix) and per-example predictions in run/eval/.
     artifacts: bool = True
     # Also evaluate this many training examples (a fixed, seeded subset) at each evaluation:
     # the train/validation gap that shows overfitting. 0 disables.
     train_eval_samples: int = Field(256, ge=0)
+    # Early stopping: stop after this many evaluations without an improvement of at least
+    # `min_delta` in `metric`. None disables.
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+    # Export the best-validation weights instead of the last (None: yes with early stopping).
+    restore_best: bool | None = None
+    # Flag overfitting: validation stopped improving while the train/validation gap widened.
+    overfit_alarm: bool = True
+
+    def resolved_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        lower = ("loss", "perplexity", "error", "ece")
+        return "min" if any(k in self.metric for k in lower) else "max"
 
 
 # --------------------------------------------------------------------------- output

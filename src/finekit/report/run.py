@@ -43,7 +43,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def curves_figure(rows: list[dict[str, Any]], metric: str) -> str | None:
+def curves_figure(
+    rows: list[dict[str, Any]], metric: str, marks: dict[str, int] | None = None
+) -> str | None:
     """Loss (train per step, smoothed; validation and training subset per evaluation) and
     the headline metric (validation vs training subset): the overfitting gap at a glance."""
     train = [r for r in rows if r["split"] == "train" and r.get("loss") is not None]
@@ -104,6 +106,19 @@ def curves_figure(rows: list[dict[str, Any]], metric: str) -> str | None:
         ax2.grid(alpha=0.3)
     else:
         ax2.set_axis_off()
+    for label, step in (marks or {}).items():  # e.g. the overfitting alarm, early stop
+        for ax in (ax1, ax2):
+            if ax.axison:
+                ax.axvline(
+                    step,
+                    color="#cf222e" if "overfit" in label else "#6e7781",
+                    ls=":",
+                    lw=1.4,
+                    label=label,
+                )
+        ax1.legend(fontsize=8)
+        if ax2.axison:
+            ax2.legend(fontsize=8)
     fig.tight_layout()
     return figure_from_matplotlib(
         fig,
@@ -170,7 +185,17 @@ def run_report(run_dir: Path) -> Path:
             "<code>model/</code> (fp32), as <code>finekit eval</code> reproduces them.</p>"
         )
         sections.append(("Results", html_))
-    fig = curves_figure(rows, metric)
+    marks: dict[str, int] = {}  # drawn in this order: the alarm last, on top
+    if (run.get("restored_best") or {}).get("step") is not None:
+        step = int(run["restored_best"]["step"])
+        marks[f"best, exported (step {step})"] = step
+    es = run.get("early_stopping") or {}
+    if es.get("stopped_at"):
+        marks[f"early stop (step {es['stopped_at']})"] = int(es["stopped_at"])
+    of = run.get("overfitting") or {}
+    if of.get("detected"):
+        marks[f"overfitting from step {of['step']}"] = int(of["step"])
+    fig = curves_figure(rows, metric, marks)
     if fig:
         sections.append(("Training curves", fig + _train_table(train)))
     # Task sections: data summary, per-class, confusions...

@@ -31,6 +31,7 @@ class Control:
     should_stop: bool = False
     should_evaluate: bool = False
     should_checkpoint: bool = False
+    should_save_best: bool = False  # keep these weights as the best so far
 
 
 def fire(callbacks: list[Any], event: str, state: Any, control: Control, **kw: Any) -> None:

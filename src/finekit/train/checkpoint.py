@@ -105,6 +105,40 @@ def save_checkpoint(
     return final
 
 
+BEST = "best"
+
+
+def save_best_weights(
+    root: Path, model_state: dict[str, torch.Tensor], info: dict[str, Any]
+) -> Path:
+    """checkpoints/best/: the weights of the best evaluation so far, replaced atomically."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / BEST
+    tmp = root / f".tmp-{BEST}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.clone() for k, v in model_state.items()}, str(tmp / WEIGHTS))
+    (tmp / "best.json").write_text(json.dumps(info, indent=1, default=str))
+    if final.exists():
+        old = root / f".old-{BEST}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def load_best_weights(root: Path, model: nn.Module) -> dict[str, Any] | None:
+    best = root / BEST
+    if not (best / WEIGHTS).is_file():
+        return None
+    model.load_state_dict(load_file(str(best / WEIGHTS)), strict=False)
+    info: dict[str, Any] = json.loads((best / "best.json").read_text())
+    return info
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders are never listed)."""
     if not root.is_dir():

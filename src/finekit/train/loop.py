@@ -34,7 +34,9 @@ from finekit.train.checkpoint import (
     Progress,
     checkpoint_state,
     latest_checkpoint,
+    load_best_weights,
     load_checkpoint,
+    save_best_weights,
     save_checkpoint,
 )
 from finekit.train.precision import resolve_precision
@@ -236,7 +238,22 @@ class Loop:
         self.state.last_eval = row
         self.state.history.append(row)
         fire(self.callbacks, "on_evaluate", self.state, self.control)
+        if self.control.should_save_best:
+            self.control.should_save_best = False
+            self.save_best(row)
         return row
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        """Keep the current weights as checkpoints/best/ (atomic: temp folder + rename)."""
+        full = self.acc.get_state_dict(self.model)
+        state = checkpoint_state(self.acc.unwrap_model(self.model), full)
+        if self.acc.is_main_process:
+            save_best_weights(self.ckpt_dir, state, row)
+        self.acc.wait_for_everyone()
+
+    def restore_best(self) -> dict[str, Any] | None:
+        """Load checkpoints/best/ into the model (before export); None when there is none."""
+        return load_best_weights(self.ckpt_dir, self.acc.unwrap_model(self.model))
 
     def checkpoint(self) -> None:
         if not self.save_checkpoints or self._saved_step == self.progress.step:
