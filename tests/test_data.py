@@ -127,12 +127,21 @@ def test_too_few_examples_for_a_stratified_split(tmp_path: Path) -> None:
 
 def test_rename_columns_per_file(tmp_path: Path) -> None:
     pd.DataFrame({"label": [0, 1] * 6, "content": [f"t{i}" for i in range(12)]}).to_csv(
-        tmp_path / "test.csv", index=False)
+        tmp_path / "test.csv", index=False
+    )
     rows = [{"sentence": f"s{i}", "label": i % 2} for i in range(20)]
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
-    r = Recipe.from_dict({"model": "m/m", "data": {
-        "train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"),
-        "text_column": "sentence", "rename": {"content": "sentence"}}})
+    r = Recipe.from_dict(
+        {
+            "model": "m/m",
+            "data": {
+                "train": str(tmp_path / "train.csv"),
+                "test": str(tmp_path / "test.csv"),
+                "text_column": "sentence",
+                "rename": {"content": "sentence"},
+            },
+        }
+    )
     task = build_task(r.task)
     prep = task.prepare(read_splits(r.data), r)
     assert prep.splits.test is not None and "sentence" in prep.splits.test.columns

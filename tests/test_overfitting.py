@@ -18,20 +18,28 @@ from conftest import CLASS_WORDS, FILLER
 def _random_label_rows(n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
     words = [w for ws in CLASS_WORDS.values() for w in ws] + FILLER
-    return [{"text": " ".join(rng.sample(words, 5)), "label": rng.choice(["a", "b", "c"])}
-            for _ in range(n)]
+    return [
+        {"text": " ".join(rng.sample(words, 5)), "label": rng.choice(["a", "b", "c"])}
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture()
 def overfit_recipe(tiny_recipe: Recipe, tmp_path: Path) -> Recipe:
     pd.DataFrame(_random_label_rows(90, 1)).to_csv(tmp_path / "noise.csv", index=False)
-    return tiny_recipe.with_overrides({
-        "data.train": str(tmp_path / "noise.csv"), "data.test": None,
-        "data.validation_fraction": 0.3,
-        "training.epochs": 60, "training.lr": 3e-3, "training.batch_size": 8,
-        "evaluation.metric": "loss", "evaluation.patience": 3,
-        "evaluation.train_eval_samples": 64,
-    })
+    return tiny_recipe.with_overrides(
+        {
+            "data.train": str(tmp_path / "noise.csv"),
+            "data.test": None,
+            "data.validation_fraction": 0.3,
+            "training.epochs": 60,
+            "training.lr": 3e-3,
+            "training.batch_size": 8,
+            "evaluation.metric": "loss",
+            "evaluation.patience": 3,
+            "evaluation.train_eval_samples": 64,
+        }
+    )
 
 
 def test_early_stopping_alarm_and_best_restore(overfit_recipe: Recipe) -> None:

@@ -137,7 +137,9 @@ def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Pa
     scratch = rung_recipe(tiny_recipe, "scratch", 4, 1, tmp_path / "a", classes=True)
     same = rung_recipe(tiny_recipe, "scratch-same", 4, 1, tmp_path / "b", classes=True)
     assert scratch.model.init == same.model.init == "scratch"
-    assert scratch.training.lr >= 3e-4 and scratch.training.epochs == 2 * tiny_recipe.training.epochs
+    assert (
+        scratch.training.lr >= 3e-4 and scratch.training.epochs == 2 * tiny_recipe.training.epochs
+    )
     assert same.training.lr == tiny_recipe.training.lr
     assert same.training.epochs == tiny_recipe.training.epochs
     probe = rung_recipe(tiny_recipe, "linear-probe", "full", 1, tmp_path / "c", classes=True)

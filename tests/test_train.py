@@ -234,9 +234,14 @@ def test_string_labels_keep_leading_zeros(tiny_recipe: Recipe, tmp_path: Path) -
 
 
 def test_checkpoint_each_epoch_off_keeps_step_and_final_checkpoints(tiny_recipe: Recipe) -> None:
-    r = tiny_recipe.with_overrides({"training.epochs": 3, "training.checkpoint_each_epoch": False,
-                                    "training.checkpoint_every": 20,
-                                    "training.keep_checkpoints": 5})
+    r = tiny_recipe.with_overrides(
+        {
+            "training.epochs": 3,
+            "training.checkpoint_each_epoch": False,
+            "training.checkpoint_every": 20,
+            "training.keep_checkpoints": 5,
+        }
+    )
     seen: list[str] = []
 
     class Spy:

@@ -171,6 +171,7 @@ def _run(
     stopper = EarlyStopping(ev.metric, mode, ev.patience, ev.min_delta, keep_best=restore_best)
     monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
     builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
+    method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
     accelerator = make_accelerator(r.training)
     loop = Loop(
         task,
@@ -182,11 +183,22 @@ def _run(
         r.training,
         r.evaluation,
         run_dir,
-        callbacks=builtins + callbacks,
+        callbacks=method_callbacks + builtins + callbacks,
         save_checkpoints=r.output.save_checkpoints,
         accelerator=accelerator,
         train_eval_data=train_eval,
     )
+    if (
+        hasattr(method, "schedule_steps")
+        and method.schedule_steps(loop.steps_per_epoch) > loop.total_steps
+    ):
+        log.warning(
+            "method %s: the unfreezing schedule needs %d steps but training has %d; the "
+            "lowest blocks will never train (unfreeze more often or train longer)",
+            r.method.name,
+            method.schedule_steps(loop.steps_per_epoch),
+            loop.total_steps,
+        )
     if resume and loop.resume() is None:
         log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
     summary = loop.fit()

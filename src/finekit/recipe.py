@@ -109,6 +109,9 @@ class TrainingSpec(Section):
     lr: float = Field(5e-5, gt=0, le=1.0)  # 2e-5..1e-4 for full fine-tuning of encoders
     # The new, randomly initialised head learns faster with a higher rate (None = same as lr).
     head_lr: float | None = Field(None, gt=0, le=1.0)
+    # Layer-wise LR decay: each block down from the top trains at this factor of the one
+    # above (0.8-0.95 is usual); None = one rate for the whole body.
+    layer_decay: float | None = Field(None, gt=0, le=1.0)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of optimizer steps
     weight_decay: float = Field(0.01, ge=0.0)  # AdamW; never applied to norms and biases

@@ -171,13 +171,9 @@ def load_checkpoint(
             f"checkpoint {path} does not fit this model/method: unknown weights {unknown[:3]}; "
             "was the recipe changed since the run started?"
         )
-    expected = set(checkpoint_state(model))
-    absent = sorted(expected - set(state))
-    if absent:
-        raise RunDirError(
-            f"checkpoint {path} lacks trainable weights {absent[:3]}; "
-            "was the method changed since the run started?"
-        )
+    # Weights absent from the checkpoint were frozen when it was written (e.g. blocks that
+    # gradual unfreezing had not opened yet): unchanged, so the base model's are right. The
+    # recipe itself is compared on --resume, so a changed method is refused before this.
     model.load_state_dict(state, strict=False)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))

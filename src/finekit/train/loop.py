@@ -75,22 +75,35 @@ class EpochSampler(Sampler[int]):
 
 
 def param_groups(model: nn.Module, spec: TrainingSpec, groups: LayerGroups) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms (ndim < 2); head at `head_lr`."""
+    """AdamW groups: no weight decay on biases and norms (ndim < 2); the head at `head_lr`;
+    with `layer_decay` d, block i of L gets lr * d**(L - i) and the embeddings d**(L + 1)
+    (layer-wise learning-rate decay, Howard & Ruder 2018; Clark et al. 2020)."""
     head_lr = spec.head_lr or spec.lr
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    n_layers = len(groups.layers)
+
+    def inside(name: str, prefix: str) -> bool:
+        return f".{prefix}." in f".{name}."  # also under peft's base_model.model. prefix
+
+    def lr_of(name: str) -> float:
+        if any(inside(name, h) for h in groups.head):
+            return head_lr
+        if spec.layer_decay is None:
+            return spec.lr
+        for i, layer in enumerate(groups.layers):
+            if inside(name, layer):
+                return spec.lr * spec.layer_decay ** (n_layers - i)
+        if any(inside(name, e) for e in groups.embeddings):
+            return spec.lr * spec.layer_decay ** (n_layers + 1)
+        return spec.lr  # pooler, final norm: top of the stack
+
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = any(f".{h}." in f".{name}." for h in groups.head)
-        decay = p.ndim >= 2
-        buckets.setdefault((decay, is_head), []).append(p)
+        buckets.setdefault((p.ndim >= 2, lr_of(name)), []).append(p)
     return [
-        {
-            "params": ps,
-            "weight_decay": spec.weight_decay if decay else 0.0,
-            "lr": head_lr if is_head else spec.lr,
-        }
-        for (decay, is_head), ps in sorted(buckets.items())
+        {"params": ps, "weight_decay": spec.weight_decay if decay else 0.0, "lr": lr}
+        for (decay, lr), ps in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1]))
     ]
 
 
