@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import CLASS_WORDS, FILLER
 
 from finekit import Recipe, finetune
-
-from conftest import CLASS_WORDS, FILLER
 
 
 def _random_label_rows(n: int, seed: int) -> list[dict[str, str]]:
