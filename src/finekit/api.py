@@ -19,6 +19,7 @@ from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method
+from finekit.methods.regularisers import L2SP
 from finekit.models import family_for
 from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
 from finekit.recipe import Recipe, deep_merge
@@ -172,6 +173,7 @@ def _run(
     monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
     builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
     method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
+    regularisers = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
     accelerator = make_accelerator(r.training)
     loop = Loop(
         task,
@@ -187,6 +189,7 @@ def _run(
         save_checkpoints=r.output.save_checkpoints,
         accelerator=accelerator,
         train_eval_data=train_eval,
+        regularisers=regularisers,
     )
     if (
         hasattr(method, "schedule_steps")
@@ -266,6 +269,10 @@ def _run(
                 },
                 "data": {**prepared.info, "truncation": getattr(task, "truncation", {})},
                 "early_stopping": stopper.summary(),
+                "regularisers": {
+                    reg.name: {"alpha": reg.alpha, "distance_to_base": reg.distance()}
+                    for reg in regularisers
+                },
                 "restored_best": best,
                 "overfitting": monitor.summary() if monitor else None,
                 "alarms": [monitor.summary()["message"]]

@@ -112,6 +112,8 @@ class TrainingSpec(Section):
     # Layer-wise LR decay: each block down from the top trains at this factor of the one
     # above (0.8-0.95 is usual); None = one rate for the whole body.
     layer_decay: float | None = Field(None, gt=0, le=1.0)
+    # L2-SP: alpha/2 * ||w - w_pretrained||^2 on the body (0.01-1 is usual); None = off.
+    l2sp: float | None = Field(None, gt=0)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of optimizer steps
     weight_decay: float = Field(0.01, ge=0.0)  # AdamW; never applied to norms and biases

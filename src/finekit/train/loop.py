@@ -154,11 +154,13 @@ class Loop:
         save_checkpoints: bool = True,
         accelerator: Accelerator | None = None,
         train_eval_data: EncodedDataset | None = None,
+        regularisers: list[Any] | None = None,
     ) -> None:
         self.task, self.spec, self.eval_spec = task, spec, eval_spec
         self.run_dir, self.callbacks = run_dir, list(callbacks or [])
         self.train_data, self.val_data, self.collate = train_data, val_data, collate
         self.train_eval_data = train_eval_data  # a fixed training subset: the gap
+        self.regularisers = list(regularisers or [])  # e.g. L2-SP toward the base weights
         self.save_checkpoints = save_checkpoints
         self.acc = accelerator or make_accelerator(spec)
         self.precision = self.acc.mixed_precision
@@ -364,7 +366,8 @@ class Loop:
             for batch in loader:
                 with acc.accumulate(self.model), self._autocast_context():
                     loss = self.task.loss(self.model, batch)
-                    acc.backward(loss)
+                    penalty = sum((reg.penalty() for reg in self.regularisers), torch.zeros(()))
+                    acc.backward(loss + penalty.to(loss.device))
                     if acc.sync_gradients:
                         if spec.max_grad_norm is not None:
                             grad_norm = float(
@@ -395,6 +398,7 @@ class Loop:
                         "loss": window_loss / max(1, window_n),
                         "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm,
+                        **({"penalty": float(penalty.detach())} if self.regularisers else {}),
                         "samples_per_second": window_samples / dt,
                         "tokens_per_second": window_tokens / dt,
                     }
