@@ -143,10 +143,12 @@ def test_schedule_longer_than_training_warns(
 
 def test_l2sp_keeps_the_body_closer_to_the_base(tiny_recipe: Recipe, tmp_path: Path) -> None:
     r = tiny_recipe.with_overrides({"training.epochs": 3})
-    plain = finetune(r.with_overrides({"output.dir": str(tmp_path / "plain"),
-                                       "training.l2sp": 1e-6}))
-    pulled = finetune(r.with_overrides({"output.dir": str(tmp_path / "l2sp"),
-                                        "training.l2sp": 10.0}))
+    plain = finetune(
+        r.with_overrides({"output.dir": str(tmp_path / "plain"), "training.l2sp": 1e-6})
+    )
+    pulled = finetune(
+        r.with_overrides({"output.dir": str(tmp_path / "l2sp"), "training.l2sp": 10.0})
+    )
     d_plain = plain.summary["regularisers"]["l2sp"]["distance_to_base"]
     d_pulled = pulled.summary["regularisers"]["l2sp"]["distance_to_base"]
     assert 0 < d_pulled < 0.5 * d_plain, (d_plain, d_pulled)

@@ -17,6 +17,7 @@ from torch import nn
 from finekit.data.splits import read_splits
 from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
+from finekit.evaluate.retention import EmbeddingRetention, encoder_of, reference_sentences
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method
 from finekit.methods.regularisers import L2SP
@@ -126,6 +127,8 @@ def _setup(r: Recipe) -> _Setup:
     prepared = task.prepare(read_splits(r.data), r)
     family = family_for(r.model)
     resolve_precision(r.training.precision, detect_device_type())
+    if r.evaluation.retention != "off":
+        reference_sentences(r.evaluation.retention_reference)  # a bad file fails here
     set_seed(r.training.seed)  # the new head's (or a scratch model's) initialisation
     loaded = family.load(r.model, task.head(), pretrained=r.model.init == "pretrained")
     check_max_length(loaded.model, r.training.max_length)
@@ -174,6 +177,7 @@ def _run(
     builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
     method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
     regularisers = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
+    retention = _retention(r, model, loaded.processor)
     accelerator = make_accelerator(r.training)
     loop = Loop(
         task,
@@ -190,6 +194,7 @@ def _run(
         accelerator=accelerator,
         train_eval_data=train_eval,
         regularisers=regularisers,
+        evaluators=[retention] if retention else [],
     )
     if (
         hasattr(method, "schedule_steps")
@@ -246,6 +251,20 @@ def _run(
             m.pop("confusion_matrix", None)
             metrics[split] = m
             artifacts[f"eval_{split}"] = f"eval/{split}.json"
+        retention_summary = None
+        if retention is not None:
+            # The exported model (fp32, merged) against the base model's reference embeddings.
+            after = retention.score(exported.model)
+            retention_summary = {
+                "reference": retention.source,
+                "sentences": len(retention.texts),
+                "before": {"retention_similarity": 1.0, "retention_cosine": 1.0},
+                "after": after,
+                "per_evaluation": [
+                    {"step": h["step"], **{k: h[k] for k in after if k in h}}
+                    for h in summary.history
+                ],
+            }
         run.update(
             {
                 "status": "completed",
@@ -268,6 +287,7 @@ def _run(
                     "resumed_from": summary.resumed_from,
                 },
                 "data": {**prepared.info, "truncation": getattr(task, "truncation", {})},
+                "retention": retention_summary,
                 "early_stopping": stopper.summary(),
                 "regularisers": {
                     reg.name: {"alpha": reg.alpha, "distance_to_base": reg.distance()}
@@ -309,6 +329,22 @@ def _write_report(run_dir: Path) -> None:
             e,
             run_dir,
         )
+
+
+def _retention(r: Recipe, model: nn.Module, processor: Any) -> EmbeddingRetention | None:
+    """Reference embeddings of the *base* model (before any step), where they mean
+    something: a pre-trained text encoder."""
+    if r.evaluation.retention == "off" or r.model.init != "pretrained":
+        return None
+    if not hasattr(processor, "pad_token") or encoder_of(model) is None:
+        return None
+    try:
+        return EmbeddingRetention(
+            model, processor, r.training.max_length, r.evaluation.retention_reference
+        )
+    except (ValueError, TypeError, AttributeError) as e:
+        log.info("retention not measured for this model: %s", e)
+        return None
 
 
 def _subset(data: EncodedDataset, n: int, seed: int) -> EncodedDataset | None:

@@ -157,6 +157,10 @@ class EvaluationSpec(Section):
     restore_best: bool | None = None
     # Flag overfitting: validation stopped improving while the train/validation gap widened.
     overfit_alarm: bool = True
+    # Retention of the base model's general skill (text encoders: embedding geometry on a
+    # general-English reference), per evaluation and before vs after. auto = where it applies.
+    retention: Literal["auto", "off"] = "auto"
+    retention_reference: str | None = None  # one sentence per line; None = finekit's own
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":

@@ -155,12 +155,14 @@ class Loop:
         accelerator: Accelerator | None = None,
         train_eval_data: EncodedDataset | None = None,
         regularisers: list[Any] | None = None,
+        evaluators: list[Any] | None = None,
     ) -> None:
         self.task, self.spec, self.eval_spec = task, spec, eval_spec
         self.run_dir, self.callbacks = run_dir, list(callbacks or [])
         self.train_data, self.val_data, self.collate = train_data, val_data, collate
         self.train_eval_data = train_eval_data  # a fixed training subset: the gap
         self.regularisers = list(regularisers or [])  # e.g. L2-SP toward the base weights
+        self.evaluators = list(evaluators or [])  # model -> {name: value}, per validation
         self.save_checkpoints = save_checkpoints
         self.acc = accelerator or make_accelerator(spec)
         self.precision = self.acc.mixed_precision
@@ -218,7 +220,7 @@ class Loop:
             return sdpa_kernel(SDPBackend.MATH)
         return contextlib.nullcontext()
 
-    def _eval_split(self, data: EncodedDataset, split: str) -> dict[str, Any]:
+    def _eval_split(self, data: EncodedDataset, split: str, extra: bool = False) -> dict[str, Any]:
         with self._autocast_context():
             out = run_outputs(
                 self.task,
@@ -236,6 +238,10 @@ class Loop:
             "epoch": round(p.epoch + p.batches_in_epoch / max(1, len(self.loader)), 4),
             **headline(self.task.metrics(out)),
         }
+        if extra:  # e.g. retention of the base model's skills, beside validation
+            with self._autocast_context(), self.acc.autocast():
+                for evaluator in self.evaluators:
+                    row.update(evaluator(self.acc.unwrap_model(self.model)))
         self._log_row(row)
         return row
 
@@ -244,7 +250,7 @@ class Loop:
         gather is needed. Rows go to metrics.jsonl and the callbacks' `state.last_eval`."""
         if self.val_data is None:
             return {}
-        row = self._eval_split(self.val_data, "validation")
+        row = self._eval_split(self.val_data, "validation", extra=True)
         if self.train_eval_data is not None:
             train_row = self._eval_split(self.train_eval_data, "train_eval")
             row["train_eval"] = {
