@@ -43,7 +43,7 @@ def test_run_report_is_self_contained_and_complete(
     from PIL import Image
 
     imgs = _images(html)
-    assert len(imgs) >= 4  # curves, class balance, lengths, confusion matrix
+    assert len(imgs) >= 5  # curves, retention, class balance, lengths, confusion matrix
     for data in imgs:
         w, h = Image.open(io.BytesIO(data)).size
         assert w > 100 and h > 100

@@ -198,6 +198,9 @@ def run_report(run_dir: Path) -> Path:
     fig = curves_figure(rows, metric, marks)
     if fig:
         sections.append(("Training curves", fig + _train_table(train)))
+    risks = _risks_section(run)
+    if risks:
+        sections.append(("Forgetting and overfitting", risks))
     # Task sections: data summary, per-class, confusions...
     if recipe is not None:
         try:
@@ -224,6 +227,81 @@ def run_report(run_dir: Path) -> Path:
     title = f"finekit run — {run.get('name', run_dir.name)}"
     out.write_text(page(title, sections, intro), encoding="utf-8")
     return out
+
+
+def _risks_section(run: dict[str, Any]) -> str:
+    """Retention of the base model's skill, early stopping, the alarm, regularisers."""
+    parts = []
+    ret = run.get("retention")
+    if ret:
+        after = ret.get("after", {})
+        parts.append(
+            "<h3>Retention of general language</h3>"
+            + table(
+                ["measure", "before", "after"],
+                [[k, ret["before"].get(k, ""), v] for k, v in after.items()],
+            )
+            + f"<p class=muted>Reference: {esc(ret.get('reference'))}, "
+            f"{ret.get('sentences')} sentences; 1.0 = the base model's embedding geometry "
+            "intact (Spearman of pairwise similarities / mean cosine).</p>"
+        )
+        per = ret.get("per_evaluation") or []
+        if len(per) > 1 and "retention_similarity" in per[0]:
+            fig, ax = plt.subplots(figsize=(6, 2.6))
+            ax.plot(
+                [p["step"] for p in per],
+                [p["retention_similarity"] for p in per],
+                "o-",
+                label="similarity preservation",
+            )
+            if "retention_cosine" in per[0]:
+                ax.plot(
+                    [p["step"] for p in per],
+                    [p["retention_cosine"] for p in per],
+                    "s--",
+                    label="embedding cosine",
+                )
+            ax.set_ylim(min(0.0, *[p["retention_similarity"] for p in per]) - 0.02, 1.02)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("retention")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            parts.append(figure_from_matplotlib(fig, "Retention per evaluation."))
+    es = run.get("early_stopping") or {}
+    if es.get("patience"):
+        parts.append(
+            "<h3>Early stopping</h3>"
+            + table(
+                ["metric", "mode", "patience", "best", "best step", "stopped at"],
+                [
+                    [
+                        es.get("metric"),
+                        es.get("mode"),
+                        es.get("patience"),
+                        es.get("best"),
+                        es.get("best_step"),
+                        es.get("stopped_at") or "— (ran to the end)",
+                    ]
+                ],
+            )
+        )
+    of = run.get("overfitting") or {}
+    if of:
+        msg = (
+            of.get("message")
+            if of.get("detected")
+            else (f"No overfitting alarm over {of.get('evaluations', 0)} evaluations.")
+        )
+        parts.append(f"<p class={'warn' if of.get('detected') else 'ok'}>{esc(msg)}</p>")
+    regs = run.get("regularisers") or {}
+    if regs:
+        parts.append(
+            table(
+                ["regulariser", "alpha", "distance to the base weights"],
+                [[k, v.get("alpha"), v.get("distance_to_base")] for k, v in regs.items()],
+            )
+        )
+    return "".join(parts)
 
 
 def _train_table(train: dict[str, Any]) -> str:
