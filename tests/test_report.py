@@ -56,6 +56,7 @@ def test_run_report_is_self_contained_and_complete(
         "Per-class metrics",
         "Confusions",
         "Recipe (resolved)",
+        "Retention of general language",
     ):
         assert title in html, title
     # The planted duplicate is counted: test row with 1 exact duplicate.
