@@ -43,8 +43,12 @@ class ModelFamily(Protocol):
         """Whether this family recognises `path` (used by `model.family: auto`)."""
         ...
 
-    def load(self, spec: ModelSpec, head: HeadSpec, pretrained: bool = True) -> LoadedModel:
-        """The pre-trained model with `head` (or, with pretrained=False, its random twin)."""
+    def load(
+        self, spec: ModelSpec, head: HeadSpec, pretrained: bool = True, exact: bool = False
+    ) -> LoadedModel:
+        """The pre-trained model with `head` (or, with pretrained=False, its random twin).
+        `exact`: every weight must load as saved (reloading an export); otherwise a head
+        of another shape is re-initialised for the new task."""
         ...
 
     def save(self, model: nn.Module, processor: Any, out_dir: Path, head: HeadSpec) -> None:

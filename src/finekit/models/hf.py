@@ -57,7 +57,9 @@ class HFFamily:
             "label2id": {v: int(k) for k, v in id2label.items()},
         }
 
-    def load(self, spec: ModelSpec, head: HeadSpec, pretrained: bool = True) -> LoadedModel:
+    def load(
+        self, spec: ModelSpec, head: HeadSpec, pretrained: bool = True, exact: bool = False
+    ) -> LoadedModel:
         from transformers import AutoConfig
 
         path = resolve_model_path(spec.path)
@@ -80,7 +82,7 @@ class HFFamily:
                 model = auto.from_pretrained(
                     path,
                     dtype=DTYPES[spec.dtype],
-                    ignore_mismatched_sizes=True,
+                    ignore_mismatched_sizes=not exact,
                     **self._head_kwargs(head),
                     **common,
                 )

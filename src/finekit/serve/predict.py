@@ -97,7 +97,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     spec = recipe.model.model_copy(
         update={"path": str(path / "model"), "init": "pretrained", "trust_remote_code": False}
     )
-    loaded = family.load(spec, task.head(), pretrained=True)
+    loaded = family.load(spec, task.head(), pretrained=True, exact=True)
     model = loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return LoadedRun(path, recipe, task, model, loaded.processor)
