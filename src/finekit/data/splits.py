@@ -70,7 +70,12 @@ def _has_split(path: str, split: str) -> bool:
     from pathlib import Path
 
     if path.startswith("hf://"):
-        return True  # resolved (and checked) at read time
+        import datasets
+
+        try:
+            return split in datasets.get_dataset_split_names(path[len("hf://"):])
+        except Exception:  # offline or unknown: fall back to a hold-out split
+            return False
     import json
 
     meta = json.loads((Path(path) / "dataset_dict.json").read_text())
