@@ -91,3 +91,14 @@ def tiny_recipe(tiny_model_dir: Path, toy_data: dict[str, Path], tmp_path: Path)
             "output": {"dir": str(tmp_path / "run")},
         }
     )
+
+
+class CrashAtStep:
+    """A loop callback that simulates a crash after optimizer step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state, control) -> None:  # noqa: ANN001
+        if state.progress.step == self.step:
+            raise RuntimeError("simulated crash")

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import CrashAtStep
 
 from finekit import Recipe, finetune
 from finekit.models import family_for
@@ -101,15 +102,6 @@ def test_gradual_unfreezing_opens_top_down(tiny_recipe: Recipe) -> None:
     assert spy.seen[5] == (True, False, False)  # the top block
     assert spy.seen[10] == (True, True, False)  # then the next; embeddings stay frozen
     assert result.metrics["test"]["accuracy"] > 0.6
-
-
-class CrashAtStep:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state, control) -> None:
-        if state.progress.step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def test_gradual_unfreezing_survives_resume(tiny_recipe: Recipe, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import CrashAtStep
 
 from finekit import Recipe, finetune, load_run
 from finekit.errors import RunDirError
@@ -174,15 +175,6 @@ def test_run_dir_rules(tiny_recipe: Recipe, tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match=r"differs .* in training\.lr"):
         finetune(r.with_overrides({"training.lr": 1e-4}), resume=True)
     finetune(r.with_overrides({"output.overwrite": True}))
-
-
-class CrashAtStep:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state, control) -> None:
-        if state.progress.step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def test_mid_epoch_resume_matches_and_logs_each_step_once(

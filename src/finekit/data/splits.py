@@ -73,7 +73,7 @@ def _has_split(path: str, split: str) -> bool:
         import datasets
 
         try:
-            return split in datasets.get_dataset_split_names(path[len("hf://"):])
+            return split in datasets.get_dataset_split_names(path[len("hf://") :])
         except Exception:  # offline or unknown: fall back to a hold-out split
             return False
     import json

@@ -85,17 +85,7 @@ def save_checkpoint(
         torch.save(scaler.state_dict(), tmp / SCALER)
     _save_rng(tmp)
     (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=1))
-    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # re-saving the same step (after a resume): move the old one aside
-        old = root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(root)
+    _publish(tmp, final)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-*"):  # left by a crash mid-write: never complete
@@ -120,14 +110,25 @@ def save_best_weights(
     tmp.mkdir()
     save_file({k: v.clone() for k, v in model_state.items()}, str(tmp / WEIGHTS))
     (tmp / "best.json").write_text(json.dumps(info, indent=1, default=str))
+    _publish(tmp, final)
+    return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Make a fully written temp folder visible under its final name in one rename.
+    An existing folder of that name (the same step re-saved after a resume, the previous
+    best) is moved aside first and removed after."""
+    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
     if final.exists():
-        old = root / f".old-{BEST}-{os.getpid()}"
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    return final
+    _fsync_dir(final.parent)
 
 
 def load_best_weights(root: Path, model: nn.Module) -> dict[str, Any] | None:
