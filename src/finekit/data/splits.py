@@ -6,7 +6,9 @@ is an error naming the classes and their counts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -59,16 +61,12 @@ def read_splits(spec: DataSpec) -> Splits:
 
 
 def _is_dataset_dict(path: str, fmt: str) -> bool:
-    from pathlib import Path
-
     if path.startswith("hf://"):
         return True
     return (fmt in ("auto", "hf")) and (Path(path) / "dataset_dict.json").exists()
 
 
 def _has_split(path: str, split: str) -> bool:
-    from pathlib import Path
-
     if path.startswith("hf://"):
         import datasets
 
@@ -76,8 +74,6 @@ def _has_split(path: str, split: str) -> bool:
             return split in datasets.get_dataset_split_names(path[len("hf://") :])
         except Exception:  # offline or unknown: fall back to a hold-out split
             return False
-    import json
-
     meta = json.loads((Path(path) / "dataset_dict.json").read_text())
     return split in meta.get("splits", [])
 

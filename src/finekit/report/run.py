@@ -18,11 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from finekit.report.html import (  # noqa: E402
-    Raw,
     esc,
     figure_from_file,
     figure_from_matplotlib,
-    fmt,
     page,
     table,
 )
@@ -41,6 +39,22 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         if line.strip():
             rows.append(json.loads(line))
     return rows
+
+
+VALIDATION = ("o-", "#d94801")  # (marker style, colour) of each evaluated series
+TRAIN_SUBSET = ("s--", "#31a354")
+
+
+def _series(
+    ax: Any, rows: list[dict[str, Any]], key: str, style: tuple[str, str], label: str
+) -> bool:
+    """Plot `key` of evaluation rows against the step; False when there is nothing."""
+    if not rows or key not in rows[0]:
+        return False
+    ax.plot(
+        [r["step"] for r in rows], [r[key] for r in rows], style[0], color=style[1], label=label
+    )
+    return True
 
 
 def curves_figure(
@@ -62,43 +76,15 @@ def curves_figure(
         smooth.append(ema)
     ax1.plot(steps, losses, color="#9ecae1", lw=0.8, label="train (per step)")
     ax1.plot(steps, smooth, color="#08519c", lw=1.6, label="train (smoothed)")
-    if val and "loss" in val[0]:
-        ax1.plot(
-            [r["step"] for r in val],
-            [r["loss"] for r in val],
-            "o-",
-            color="#d94801",
-            label="validation",
-        )
-    if tre and "loss" in tre[0]:
-        ax1.plot(
-            [r["step"] for r in tre],
-            [r["loss"] for r in tre],
-            "s--",
-            color="#31a354",
-            label="training subset (eval mode)",
-        )
+    _series(ax1, val, "loss", VALIDATION, "validation")
+    _series(ax1, tre, "loss", TRAIN_SUBSET, "training subset (eval mode)")
     ax1.set_xlabel("optimizer step")
     ax1.set_ylabel("loss")
     ax1.set_title("Loss")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
-    if val and metric in val[0]:
-        ax2.plot(
-            [r["step"] for r in val],
-            [r[metric] for r in val],
-            "o-",
-            color="#d94801",
-            label="validation",
-        )
-        if tre and metric in tre[0]:
-            ax2.plot(
-                [r["step"] for r in tre],
-                [r[metric] for r in tre],
-                "s--",
-                color="#31a354",
-                label="training subset",
-            )
+    if _series(ax2, val, metric, VALIDATION, "validation"):
+        _series(ax2, tre, metric, TRAIN_SUBSET, "training subset")
         ax2.set_xlabel("optimizer step")
         ax2.set_ylabel(metric)
         ax2.set_title(f"{metric}: training vs validation")
@@ -336,4 +322,4 @@ def _files_table(run_dir: Path) -> str:
     return table(["file", "size"], rows) + (f"<p class=muted>{esc(run_dir.resolve())}</p>")
 
 
-__all__ = ["REPORT", "Raw", "curves_figure", "fmt", "read_metrics", "run_report"]
+__all__ = ["REPORT", "curves_figure", "read_metrics", "run_report"]

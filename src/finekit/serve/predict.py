@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from finekit.data.readers import read_table
 from finekit.errors import RunDirError
 from finekit.evaluate.runner import run_outputs
 from finekit.models.base import FAMILIES
@@ -42,22 +41,7 @@ class LoadedRun:
         self, df: pd.DataFrame, source: str, out_dir: Path | None = None, split: str = "eval"
     ) -> dict[str, Any]:
         """Metrics of the exported model on labelled rows (fp32, deterministic order)."""
-        rows = self.task.read_inputs(df, source)
-        label_col = self.recipe.data.label_column
-        if label_col not in rows.columns:
-            raise RunDirError(
-                f"{source}: no label column {label_col!r} to evaluate against; "
-                f"columns are {list(rows.columns)}"
-            )
-        labels = set(getattr(self.task, "labels", []) or [])
-        if labels:
-            from finekit.tasks.classify import _as_label
-
-            unseen = sorted(set(_as_label(rows[label_col])) - labels)
-            if unseen:
-                from finekit.errors import DataError
-
-                raise DataError(f"{source}: label(s) {unseen[:10]} were never seen in training")
+        rows = self.task.read_inputs(df, source, with_labels=True)
         ds = self.task.encode(rows, self.processor, split)
         out = run_outputs(
             self.task,
@@ -101,7 +85,3 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     model = loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return LoadedRun(path, recipe, task, model, loaded.processor)
-
-
-def read_eval_file(path: str, recipe: Recipe) -> pd.DataFrame:
-    return read_table(path, "auto")

@@ -110,8 +110,9 @@ class Task(Protocol):
 
     def load_state(self, state: dict[str, Any]) -> None: ...
 
-    def read_inputs(self, df: pd.DataFrame, source: str) -> pd.DataFrame:
-        """Check an inference/eval file has the input columns; return it."""
+    def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
+        """Check an inference/eval file has the input columns (and, for evaluation,
+        targets the trained model knows); return it."""
         ...
 
     def predict(

@@ -76,13 +76,7 @@ class ClassifyTask:
         for split, df in splits.items():
             if split == "train":
                 continue
-            unseen = sorted(set(_as_label(df[self.label_column])) - set(self.labels))
-            if unseen:
-                raise DataError(
-                    f"{splits.sources[split]}: label(s) {unseen[:10]} in column "
-                    f"{self.label_column!r} never occur in training data {src}; remove those rows "
-                    "or add training examples"
-                )
+            self._check_seen(df, splits.sources[split], f"training data {src}")
         train = train.assign(**{self.label_column: _as_label(raw_labels)})
         val, test = splits.validation, splits.test
         if val is not None:
@@ -262,9 +256,20 @@ class ClassifyTask:
         return files
 
     # ------------------------------------------------------------------ inference
-    def read_inputs(self, df: pd.DataFrame, source: str) -> pd.DataFrame:
-        self._check(df, source, with_labels=False)
+    def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
+        self._check(df, source, with_labels=with_labels)
+        if with_labels:
+            self._check_seen(df, source, "the training data")
         return df
+
+    def _check_seen(self, df: pd.DataFrame, source: str, train_source: str) -> None:
+        """Labels the model has no output for cannot be scored: name them."""
+        unseen = sorted(set(_as_label(df[self.label_column])) - set(self.labels))
+        if unseen:
+            raise DataError(
+                f"{source}: label(s) {unseen[:10]} in column {self.label_column!r} never occur "
+                f"in {train_source}; remove those rows or add training examples"
+            )
 
     def predict(
         self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int

@@ -205,6 +205,7 @@ class Loop:
         self.metrics_file = run_dir / "metrics.jsonl"
         self.ckpt_dir = run_dir / "checkpoints"
         self._saved_step = -1
+        self.resumed_from: str | None = None
 
     # ----------------------------------------------------------------- helpers
     def _log_row(self, row: dict[str, Any]) -> None:
@@ -337,7 +338,7 @@ class Loop:
     # ----------------------------------------------------------------- the loop
     def fit(self) -> TrainSummary:
         acc, spec, p = self.acc, self.spec, self.progress
-        resumed_from = getattr(self, "resumed_from", None)
+        resumed_from = self.resumed_from
         if resumed_from is None:
             set_seed(spec.seed)  # dropout masks etc.; a resume restores the RNG instead
         self.state.model = self.model
@@ -372,8 +373,11 @@ class Loop:
             for batch in loader:
                 with acc.accumulate(self.model), self._autocast_context():
                     loss = self.task.loss(self.model, batch)
-                    penalty = sum((reg.penalty() for reg in self.regularisers), torch.zeros(()))
-                    acc.backward(loss + penalty.to(loss.device))
+                    if self.regularisers:  # e.g. L2-SP; nothing extra on the plain path
+                        penalty = sum(reg.penalty() for reg in self.regularisers)
+                        acc.backward(loss + penalty.to(loss.device))
+                    else:
+                        acc.backward(loss)
                     if acc.sync_gradients:
                         if spec.max_grad_norm is not None:
                             grad_norm = float(
