@@ -19,7 +19,7 @@ from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.evaluate.retention import EmbeddingRetention, encoder_of, reference_sentences
 from finekit.methods import MethodContext, build_method, count_parameters
-from finekit.methods.base import Method
+from finekit.methods.base import Method, freeze_batchnorm_stats
 from finekit.methods.regularisers import L2SP
 from finekit.models import family_for
 from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
@@ -136,6 +136,8 @@ def _setup(r: Recipe) -> _Setup:
     method = build_method(r.method)
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
+    if r.training.frozen_bn == "eval":
+        freeze_batchnorm_stats(model)
     return _Setup(task, prepared, family, loaded, groups, method, model)
 
 

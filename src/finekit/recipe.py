@@ -65,15 +65,57 @@ class MethodConfig(Section):
 
 
 # --------------------------------------------------------------------------- data
+class AugmentSpec(Section):
+    """Training-time augmentation (images now; kornia ops, seeded by the run).
+
+    A preset sets the defaults; any field given explicitly overrides its value. Evaluation
+    and prediction never augment.
+    """
+
+    # none | light (natural photos) | medical (conservative geometry: no flips, small
+    # rotations/shifts, mild intensity changes; laterality matters on chest X-rays) | strong
+    preset: Literal["none", "light", "medical", "strong"] = "none"
+    hflip: float | None = Field(None, ge=0.0, le=1.0)  # probability of a left-right flip
+    vflip: float | None = Field(None, ge=0.0, le=1.0)  # probability of an up-down flip
+    rotate: float | None = Field(None, ge=0.0, le=180.0)  # max degrees either way
+    translate: float | None = Field(None, ge=0.0, lt=1.0)  # max shift, share of the side
+    # Random resized crop: the share of the image area kept, e.g. [0.8, 1.0].
+    crop_scale: tuple[float, float] | None = None
+    brightness: float | None = Field(None, ge=0.0, le=1.0)  # jitter strength
+    contrast: float | None = Field(None, ge=0.0, le=1.0)
+    # An automatic policy on top (Cubuk et al. 2020; Muller & Hutter 2021).
+    policy: Literal["none", "randaugment", "trivialaugment"] | None = None
+    mixup: float | None = Field(None, ge=0.0, le=1.0)  # probability per batch (Zhang 2018)
+    cutmix: float | None = Field(None, ge=0.0, le=1.0)  # probability per batch (Yun 2019)
+
+    def active(self) -> bool:
+        from finekit.data.augment import resolve_augment
+
+        return any(v for k, v in resolve_augment(self).items() if k != "policy") or (
+            resolve_augment(self)["policy"] != "none"
+        )
+
+
 class DataSpec(Section):
     """Where the examples come from and which columns mean what."""
 
-    # Files (.csv, .tsv, .jsonl/.json, .parquet), a saved HF `datasets` folder, or `hf://name`.
+    # Files (.csv, .tsv, .jsonl/.json, .parquet), a saved HF `datasets` folder, `hf://name`,
+    # an image folder (one sub-folder per class) or an .npz of arrays (as MedMNIST ships:
+    # train_images/train_labels, val_*, test_*; its other splits fill validation/test).
     train: str
     validation: str | None = None
     test: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf", "npz", "images"] = "auto"
     text_column: str = "text"
+    # Images: the column with file paths (relative to the manifest's folder) or arrays.
+    # Set it for a CSV/JSONL manifest; folders and .npz files fill a column `image`.
+    image_column: str | None = None
+    # An unreadable/corrupt image: stop with an error naming it, or skip it (counted).
+    on_bad_image: Literal["error", "skip"] = "error"
+    augment: AugmentSpec = Field(default_factory=lambda: AugmentSpec())
+    # Draw training examples with probability inverse to their class frequency (with
+    # replacement): each batch sees the classes about equally often.
+    balanced_sampling: bool = False
     # Second text of a pair (NLI, question/passage); None for single texts.
     text_pair_column: str | None = None
     # Columns renamed on read, e.g. {content: sentence} when splits name the text differently.
@@ -133,6 +175,9 @@ class TrainingSpec(Section):
     checkpoint_each_epoch: bool = True
     keep_checkpoints: int = Field(1, ge=1)  # newest complete checkpoints kept on disk
     num_workers: int = Field(0, ge=0)  # DataLoader workers; 0 is fastest on 2 CPU cores
+    # BatchNorm layers whose parameters are frozen: "eval" keeps their pre-trained running
+    # statistics (the usual choice for small data); "train" re-estimates them per batch.
+    frozen_bn: Literal["eval", "train"] = "eval"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -238,6 +283,15 @@ class Recipe(Section):
     def _cross_checks(self) -> Recipe:
         if self.data.k_per_class is not None and self.task.name not in ("classify",):
             raise ValueError(f"data.k_per_class needs a task with classes, not {self.task.name!r}")
+        modality = getattr(self.task, "modality", None)
+        if modality == "auto":
+            self.task.modality = "image" if looks_like_images(self.data) else "text"  # type: ignore[attr-defined]
+            modality = self.task.modality  # type: ignore[attr-defined]
+        if self.data.augment.active() and modality != "image":
+            raise ValueError(
+                f"data.augment: augmentation is implemented for images; task "
+                f"{self.task.name!r} on {modality or 'this data'} has none (remove data.augment)"
+            )
         return self
 
     # ----------------------------------------------------------------- construction
@@ -291,6 +345,22 @@ class Recipe(Section):
 
 
 # --------------------------------------------------------------------------- helpers
+IMAGE_FORMATS = ("npz", "images")
+
+
+def looks_like_images(data: DataSpec) -> bool:
+    """Image data: an image column, an image format, an .npz file or a plain folder."""
+    if data.image_column is not None or data.format in IMAGE_FORMATS:
+        return True
+    if data.format != "auto" or data.train.startswith("hf://"):
+        return False
+    p = Path(data.train)
+    if p.suffix.lower() == ".npz":
+        return True
+    hf_markers = ("dataset_dict.json", "dataset_info.json", "state.json")
+    return p.is_dir() and not any((p / m).exists() for m in hf_markers)
+
+
 def _undot(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():

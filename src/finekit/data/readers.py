@@ -21,6 +21,7 @@ SUFFIX_FORMATS = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".npz": "npz",
 }
 
 
@@ -32,10 +33,7 @@ def detect_format(path: str) -> str:
     if p.is_dir():
         if any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
             return "hf"
-        raise DataError(
-            f"{p} is a folder but not a saved HF dataset (no dataset_dict.json/state.json); "
-            "point data.* at a .csv/.tsv/.jsonl/.parquet file or a `save_to_disk` folder"
-        )
+        return "images"  # one sub-folder per class
     fmt = SUFFIX_FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise DataError(

@@ -13,7 +13,14 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from finekit.data.readers import read_table
+from finekit.data.images import (
+    folder_split_dir,
+    npz_splits,
+    read_image_folder,
+    read_npz,
+    resolve_manifest_paths,
+)
+from finekit.data.readers import detect_format, read_table
 from finekit.errors import DataError
 from finekit.recipe import DataSpec
 
@@ -45,7 +52,12 @@ def read_splits(spec: DataSpec) -> Splits:
         present = {k: v for k, v in spec.rename.items() if k in df.columns}
         return df.rename(columns=present) if present else df
 
+    fmt = detect_format(spec.train) if spec.format == "auto" else spec.format
+    if fmt in ("npz", "images"):
+        return _read_image_splits(spec, fmt)
     train = _read(spec.train, "train")
+    if spec.image_column is not None:
+        train = resolve_manifest_paths(train, spec.image_column, spec.train)
     sources = {"train": spec.train}
     out = Splits(train=train, sources=sources)
     for split in ("validation", "test"):
@@ -55,9 +67,53 @@ def read_splits(spec: DataSpec) -> Splits:
             if hf_name and _has_split(spec.train, hf_name):
                 path = spec.train
         if path is not None:
-            setattr(out, split, _read(path, split))
+            df = _read(path, split)
+            if spec.image_column is not None:
+                df = resolve_manifest_paths(df, spec.image_column, path)
+            setattr(out, split, df)
             sources[split] = path if path != spec.train else f"{path}[{spec.hf_splits[split]}]"
     return out
+
+
+def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
+    """Folders and .npz files; an .npz or a split folder tree given as train also fills
+    validation/test from its own val/test parts when those are not named."""
+
+    def read(path: str, split: str) -> pd.DataFrame:
+        f = detect_format(path) if spec.format == "auto" else spec.format
+        if f == "npz":
+            return read_npz(
+                path, split if path == spec.train else _only_split(path), spec.label_column
+            )
+        if f == "images":
+            return read_image_folder(
+                path, split if path == spec.train else "train", spec.label_column
+            )
+        raise DataError(f"{path}: mixing image data ({fmt}) with {f} files is not supported")
+
+    out = Splits(train=read(spec.train, "train"), sources={"train": spec.train})
+    for split in ("validation", "test"):
+        path = getattr(spec, split)
+        if path is None and _has_own_split(spec.train, fmt, split):
+            path = spec.train
+            out.sources[split] = f"{spec.train}[{split}]"
+        elif path is not None:
+            out.sources[split] = path
+        if path is not None:
+            setattr(out, split, read(path, split))
+    return out
+
+
+def _only_split(path: str) -> str:
+    """A separate .npz for one split: its train arrays, or its only split."""
+    splits = npz_splits(path)
+    return "train" if "train" in splits else next(iter(splits))
+
+
+def _has_own_split(path: str, fmt: str, split: str) -> bool:
+    if fmt == "npz":
+        return split in npz_splits(path)
+    return folder_split_dir(path, split) is not None and folder_split_dir(path, "train") is not None
 
 
 def _is_dataset_dict(path: str, fmt: str) -> bool:

@@ -95,3 +95,22 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def matches(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def freeze_batchnorm_stats(model: nn.Module) -> int:
+    """Frozen BatchNorm layers run in eval mode: they keep the pre-trained running
+    statistics instead of re-estimating them from small fine-tuning batches (which shifts
+    the features the frozen layers above were trained on). A pre-hook checks at every
+    forward, so gradual unfreezing hands a layer back to train mode when it unfreezes.
+    Returns how many BatchNorm layers are watched."""
+
+    def hook(module: nn.Module, args: Any) -> None:
+        # The layer trains only when the whole model trains and the layer is trainable.
+        module.training = model.training and any(p.requires_grad for p in module.parameters())
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(True for _ in m.parameters()):
+            m.register_forward_pre_hook(hook)
+            n += 1
+    return n

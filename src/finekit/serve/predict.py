@@ -58,6 +58,9 @@ class LoadedRun:
                 if self.recipe.evaluation.artifacts
                 else []
             )
+            explain = getattr(self.task, "explain", None)  # e.g. Grad-CAM heat maps
+            if explain is not None and self.recipe.evaluation.artifacts:
+                files += explain(self.model, self.processor, rows, out_dir, split)
             write_json(
                 out_dir / f"{split}.json",
                 {"source": source, "metrics": metrics, "artifacts": files},

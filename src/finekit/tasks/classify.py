@@ -1,4 +1,5 @@
-"""Task `classify`: one label per example, for text now (any HF encoder).
+"""Task `classify`: one label per example, for text (any HF encoder) and images
+(`task.modality: image`, see tasks/image_classify.py).
 
 Labels come from a column of strings or ints; their names travel into the exported
 model's config (`id2label`). Inputs longer than `training.max_length` are counted and
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,12 +36,26 @@ class ClassifyConfig(TaskConfig):
     name: str = "classify"
     # Soft targets (Szegedy et al. 2016): 0.1 often helps small, noisy label sets.
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # text | image; auto: image for image folders, .npz files or a data.image_column.
+    modality: Literal["auto", "text", "image"] = "auto"
+    # Class-weighted loss: "balanced" weighs each class by n / (k * count) (sklearn's rule).
+    class_weights: Literal["none", "balanced"] = "none"
+    # Names for integer labels, e.g. {0: normal, 1: pneumonia} (arrays store numbers).
+    label_names: dict[str, str] = Field(default_factory=dict)
+    # Binary tasks: the class whose sensitivity is reported (default: the second label),
+    # and the probability threshold for sensitivity/specificity.
+    positive_label: str | None = None
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Images: the square input side in pixels (None: the backbone processor's size).
+    # Small scans upscaled to 224 px cost ~16x the compute of 56 px.
+    image_size: int | None = Field(None, ge=8, le=1024)
 
 
 class ClassifyTask:
     """Text classification (sequence classification head)."""
 
     name = "classify"
+    metric_names: tuple[str, ...] = METRICS
 
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
@@ -60,14 +75,17 @@ class ClassifyTask:
             d.label_column,
         )
         self.max_length = recipe.training.max_length
-        if recipe.evaluation.metric not in METRICS:
+        if recipe.evaluation.metric not in self.metric_names:
             raise RecipeError(
                 f"evaluation.metric={recipe.evaluation.metric!r} is not a classify metric; "
-                f"allowed: {', '.join(METRICS)}"
+                f"allowed: {', '.join(self.metric_names)}"
             )
         seed = recipe.training.seed
         for split, df in splits.items():
             self._check(df, splits.sources.get(split, split), with_labels=True)
+        if self.config.label_names:
+            named = {s: self._named(df) for s, df in splits.items()}
+            splits = Splits(**named, sources=splits.sources)
 
         train = splits.train
         src = splits.sources["train"]
@@ -256,9 +274,18 @@ class ClassifyTask:
         return files
 
     # ------------------------------------------------------------------ inference
+    def _named(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Integer labels -> the names of `task.label_names` (others stay as they are)."""
+        names = self.config.label_names
+        if not names or self.label_column not in df.columns:
+            return df
+        values = [names.get(v, v) for v in _as_label(df[self.label_column])]
+        return df.assign(**{self.label_column: values})
+
     def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
         self._check(df, source, with_labels=with_labels)
         if with_labels:
+            df = self._named(df)
             self._check_seen(df, source, "the training data")
         return df
 
@@ -328,4 +355,13 @@ def _label_names(values: pd.Series) -> list[str]:
     return names
 
 
-register_task("classify", ClassifyConfig, ClassifyTask)
+def make_classify(config: ClassifyConfig) -> ClassifyTask:
+    """Text or image classification by `config.modality` (resolved by the recipe)."""
+    if config.modality == "image":
+        from finekit.tasks.image_classify import ImageClassifyTask
+
+        return ImageClassifyTask(config)
+    return ClassifyTask(config)
+
+
+register_task("classify", ClassifyConfig, make_classify)

@@ -52,9 +52,19 @@ class EpochSampler(Sampler[int]):
     length (less padding) while keeping randomness between mega-batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        group_by_length: bool,
+        weights: list[float] | None = None,
+    ):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.group_by_length = group_by_length
+        # Per-example draw weights (balanced sampling): an epoch is len(data) draws with
+        # replacement, so rare classes are seen about as often as common ones.
+        self.weights = torch.tensor(weights, dtype=torch.double) if weights else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,7 +76,11 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.group_by_length and len(set(self.lengths)) > 1:
+        if self.weights is not None:
+            yield from torch.multinomial(
+                self.weights, len(self.lengths), replacement=True, generator=g
+            ).tolist()
+        elif self.group_by_length and len(set(self.lengths)) > 1:
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             yield from LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=g)
@@ -167,7 +181,11 @@ class Loop:
         self.acc = accelerator or make_accelerator(spec)
         self.precision = self.acc.mixed_precision
         self.sampler = EpochSampler(
-            train_data.lengths, spec.batch_size, spec.seed, spec.group_by_length
+            train_data.lengths,
+            spec.batch_size,
+            spec.seed,
+            spec.group_by_length,
+            getattr(train_data, "sample_weights", None),
         )
         loader = DataLoader(
             train_data,
