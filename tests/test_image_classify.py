@@ -218,3 +218,26 @@ def test_frozen_batchnorm_keeps_pretrained_statistics(tiny_resnet, toy_npz, tmp_
     res2 = finetune(recipe(tiny_resnet, toy_npz, tmp_path / "train-bn", **kw))
     after2 = load_file(str(res2.model_dir / "model.safetensors"))
     assert any(not torch.equal(base[k], after2[k]) for k in frozen_stats)
+
+
+def test_lora_on_a_cnn_adapts_convolutions_and_merges(tiny_resnet, toy_npz, tmp_path):
+    res = finetune(
+        recipe(
+            tiny_resnet,
+            toy_npz,
+            tmp_path / "lora",
+            method={"name": "lora", "r": 4},
+            training={"epochs": 6, "lr": 1e-2},
+        )
+    )
+    tr = res.summary["train"]
+    assert tr["trainable_parameters"] < tr["total_parameters"] / 2
+    assert res.metrics["test"]["roc_auc"] > 0.75  # the frozen random body alone cannot
+    cfg = __import__("json").loads((res.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert any("convolution" in t or "conv" in t for t in cfg["target_modules"])
+    from finekit.serve.predict import load_run
+
+    x, _ = toy_images(40, 2)
+    preds = load_run(res.run_dir).predict(pd.DataFrame({"image": list(x)}))
+    saved = pd.read_csv(res.run_dir / "eval" / "predictions_test.csv")
+    assert [p["label"] for p in preds] == saved["predicted"].tolist()

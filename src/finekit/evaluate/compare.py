@@ -76,6 +76,11 @@ RUNGS: dict[str, Rung] = {
         "backbone frozen, head only; lr = the recipe's head_lr or max(10x lr, 1e-3)",
         training=_probe_training,
     ),
+    "partial": Rung(
+        {"name": "freeze", "layers_fraction": 0.5},
+        "embeddings/stem and the lower half of the blocks frozen (frozen BatchNorm in eval "
+        "mode); the recipe's rates",
+    ),
     "lora": Rung(
         {"name": "lora"},
         "LoRA (peft defaults per architecture, r=8); lr max(5x recipe lr, 5e-4)",

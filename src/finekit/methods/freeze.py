@@ -19,7 +19,11 @@ from finekit.recipe import MethodConfig
 class FreezeConfig(MethodConfig):
     name: str = "freeze"
     embeddings: bool = True  # token/position embeddings (or an image stem)
-    layers: int = Field(0, ge=0)  # the first N blocks, counted from the input side
+    layers: int = Field(0, ge=0)
+    # Or a share of the blocks, bottom first (0.5: the lower half), whatever the depth.
+    layers_fraction: float | None = Field(
+        None, ge=0.0, le=1.0
+    )  # the first N blocks, counted from the input side
     # Regular expressions (re.search) on parameter names, e.g. "attention\\.self\\.key".
     patterns: list[str] = Field(default_factory=list)
 
@@ -31,13 +35,16 @@ class Freeze(PlainExport):
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.config
         n_layers = len(ctx.groups.layers)
+        n_frozen = (
+            round(cfg.layers_fraction * n_layers) if cfg.layers_fraction is not None else cfg.layers
+        )
         if cfg.layers > n_layers:
             raise RecipeError(
                 f"method.layers={cfg.layers} but the model has {n_layers} layers; "
                 f"allowed: 0..{n_layers}"
             )
         frozen_prefixes = (ctx.groups.embeddings if cfg.embeddings else []) + ctx.groups.layers[
-            : cfg.layers
+            :n_frozen
         ]
         regexes = []
         for pat in cfg.patterns:

@@ -44,6 +44,20 @@ def default_targets(model_type: str | None) -> list[str] | str:
     return list(table[model_type]) if model_type in table else "all-linear"
 
 
+def conv_targets(model: nn.Module, head: list[str]) -> list[str]:
+    """CNNs: LoRA on every dense (groups=1) convolution and linear layer outside the head;
+    peft adapts Conv2d with a low-rank pair of convolutions. Depthwise convolutions have
+    few weights already (and no low-rank form): they stay frozen."""
+    names = []
+    for name, m in model.named_modules():
+        if any(name == h or name.startswith(h + ".") for h in head):
+            continue
+        if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear):
+            names.append(name)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return sorted(names) if has_conv else []
+
+
 class Lora:
     def __init__(self, config: LoraConfig) -> None:
         self.config = config
@@ -54,6 +68,8 @@ class Lora:
 
         cfg = self.config
         targets = cfg.target_modules or default_targets(ctx.model_type)
+        if cfg.target_modules is None and ctx.head.kind == "image-classification":
+            targets = conv_targets(model, ctx.groups.head) or targets
         task_type = PEFT_TASK_TYPES.get(ctx.head.kind)
         peft_cfg = PeftLoraConfig(
             r=cfg.r,
