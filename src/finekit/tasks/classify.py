@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from finekit.data.splits import Splits, holdout, sample_per_class
@@ -49,6 +49,12 @@ class ClassifyConfig(TaskConfig):
     # Images: the square input side in pixels (None: the backbone processor's size).
     # Small scans upscaled to 224 px cost ~16x the compute of 56 px.
     image_size: int | None = Field(None, ge=8, le=1024)
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _keys_as_text(cls, v: Any) -> Any:
+        # YAML reads `{0: normal}` with an int key; labels are compared as text.
+        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
 
 
 class ClassifyTask:

@@ -221,7 +221,8 @@ class ImageClassifyTask(ClassifyTask):
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         dtype = next(model.parameters()).dtype
-        return ((x - mean) / std).to(dtype)
+        # channels_last: what CNN kernels run fastest on (a no-op cost for ViTs).
+        return ((x - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
 
     def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = model(pixel_values=self._normalise(x, model))
