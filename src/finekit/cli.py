@@ -235,7 +235,10 @@ def compare(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
     against: Annotated[
         str,
-        typer.Option(help="Rungs beside the recipe's own method: scratch,linear-probe,lora,full"),
+        typer.Option(
+            help="Rungs beside the recipe's own method: "
+            "scratch,scratch-same,linear-probe,partial,lora,full"
+        ),
     ] = "scratch",
     sizes: Annotated[
         str, typer.Option(help="Examples per class (or total), and/or 'full'")
