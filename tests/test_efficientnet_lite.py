@@ -380,3 +380,54 @@ def test_lora_on_convs_merges_back_exactly() -> None:
         expected = adapted(pixel_values=x).logits
         merged = adapted.merge_and_unload()
         torch.testing.assert_close(merged(x).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method, training",
+    [
+        ({"name": "full"}, {"layer_decay": 0.8}),
+        ({"name": "gradual_unfreeze", "every_epochs": 1}, {}),
+        ({"name": "linear_probe"}, {}),
+    ],
+)
+def test_finetune_tiny_lite_on_images_round_trips(
+    tmp_path: Path,
+    family,
+    method,
+    training,  # noqa: ANN001
+) -> None:
+    """The carried family through the whole flow: train on toy X-ray-like arrays, export,
+    reload with load_run, same predictions as the run's own evaluation."""
+    import numpy as np
+    import pandas as pd
+    from test_image_classify import toy_images
+
+    from finekit import finetune
+    from finekit.serve.predict import load_run
+
+    family.save(tiny_model(), processor(), tmp_path / "base", HeadSpec("image-classification", 5))
+    tr, te = toy_images(64, 0), toy_images(24, 1)
+    np.savez(
+        tmp_path / "d.npz",
+        train_images=tr[0],
+        train_labels=tr[1],
+        test_images=te[0],
+        test_labels=te[1],
+    )
+    res = finetune(
+        {
+            "model": str(tmp_path / "base"),
+            "data": {"train": str(tmp_path / "d.npz"), "augment": {"preset": "medical"}},
+            "method": method,
+            "task": {"image_size": 32},
+            "training": {"epochs": 3, "batch_size": 16, "lr": 3e-3, **training},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
+    assert res.summary["model"]["family"] == "efficientnet_lite"
+    run = load_run(res.run_dir)
+    preds = run.predict(pd.DataFrame({"image": list(te[0])}))
+    saved = pd.read_csv(res.run_dir / "eval" / "predictions_test.csv")
+    assert [p["label"] for p in preds] == saved["predicted"].astype(str).tolist()
+    assert np.allclose([p["score"] for p in preds], saved["confidence"], atol=1e-4)
+    assert (res.run_dir / "eval" / "gradcam_test.png").is_file()

@@ -184,6 +184,9 @@ def run_report(run_dir: Path) -> Path:
     fig = curves_figure(rows, metric, marks)
     if fig:
         sections.append(("Training curves", fig + _train_table(train)))
+    slices = _slices_section(metrics, metric)
+    if slices:
+        sections.append(("Slices", slices))
     risks = _risks_section(run)
     if risks:
         sections.append(("Forgetting and overfitting", risks))
@@ -215,6 +218,24 @@ def run_report(run_dir: Path) -> Path:
     return out
 
 
+def _slices_section(metrics: dict[str, Any], metric: str) -> str:
+    """Per-slice metric tables; flagged gaps in red."""
+    parts = []
+    for split, m in metrics.items():
+        for col, e in (m.get("slices") or {}).items():
+            rows = [
+                [v, d.get(metric), d.get("accuracy"), d["examples"]]
+                for v, d in e["by_value"].items()
+            ]
+            cap = f"{split}: {col}"
+            if e.get("gap") is not None:
+                cap += f" — gap {e['gap']:.3f} (worst {e['worst']}, best {e['best']})"
+            parts.append(table([col, metric, "accuracy", "examples"], rows, caption=cap))
+            if e.get("flagged"):
+                parts.append(f"<p class=warn>Slice gap flagged on {esc(split)}: {esc(col)}.</p>")
+    return "".join(parts)
+
+
 def _risks_section(run: dict[str, Any]) -> str:
     """Retention of the base model's skill, early stopping, the alarm, regularisers."""
     parts = []
@@ -228,8 +249,13 @@ def _risks_section(run: dict[str, Any]) -> str:
                 [[k, ret["before"].get(k, ""), v] for k, v in after.items()],
             )
             + f"<p class=muted>Reference: {esc(ret.get('reference'))}, "
-            f"{ret.get('sentences')} sentences; 1.0 = the base model's embedding geometry "
-            "intact (Spearman of pairwise similarities / mean cosine).</p>"
+            f"{ret.get('sentences')} sentences; "
+            + esc(
+                ret.get("note")
+                or "1.0 = the base model's embedding geometry intact (Spearman of pairwise "
+                "similarities / mean cosine)."
+            )
+            + "</p>"
         )
         per = ret.get("per_evaluation") or []
         if len(per) > 1 and "retention_similarity" in per[0]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from finekit.errors import RunDirError
 from finekit.evaluate.runner import run_outputs
+from finekit.evaluate.slices import check_slice_columns, slice_metrics
 from finekit.models.base import FAMILIES
 from finekit.recipe import Recipe
 from finekit.rundir import RECIPE, RUN_JSON, TASK_JSON, is_run_dir, read_json, write_json
@@ -29,18 +30,56 @@ class LoadedRun:
     def predict(
         self, rows: pd.DataFrame | list[str], batch_size: int | None = None
     ) -> list[dict[str, Any]]:
-        """Predictions for a DataFrame with the input columns, or a list of texts."""
-        if isinstance(rows, list):
-            rows = pd.DataFrame({self.recipe.data.text_column: rows})
+        """Predictions for a DataFrame with the input columns, or a list of texts (image
+        paths or arrays for image tasks)."""
+        if isinstance(rows, list):  # texts, or image paths/arrays for an image task
+            column = getattr(self.task, "image_column", None) or self.recipe.data.text_column
+            rows = pd.DataFrame({column: rows})
         rows = self.task.read_inputs(rows, "input")
         return self.task.predict(
             self.model, self.processor, rows, batch_size or self.recipe.training.eval_batch_size
         )
 
+    def read(self, path: str) -> pd.DataFrame:
+        """A file to evaluate or predict: a table; for image tasks also an .npz (its test
+        arrays, else its only split), an image folder, or a manifest whose relative paths
+        are relative to the manifest."""
+        from finekit.data.readers import detect_format, read_table
+
+        column = getattr(self.task, "image_column", None)
+        if column is None:
+            return read_table(path)
+        from finekit.data.images import (
+            npz_splits,
+            read_image_folder,
+            read_npz,
+            resolve_manifest_paths,
+        )
+
+        fmt = detect_format(path)
+        label = getattr(self.task, "label_column", "label")
+        if fmt == "npz":
+            splits = npz_splits(path)
+            return read_npz(path, "test" if "test" in splits else next(iter(splits)), label)
+        if fmt == "images":
+            return (
+                read_image_folder(path, "test", label)
+                if (Path(path) / "test").is_dir()
+                else read_image_folder(path, "train", label)
+            )
+        return resolve_manifest_paths(read_table(path), column, path)
+
     def evaluate(
-        self, df: pd.DataFrame, source: str, out_dir: Path | None = None, split: str = "eval"
+        self,
+        df: pd.DataFrame,
+        source: str,
+        out_dir: Path | None = None,
+        split: str = "eval",
+        require_slices: bool = True,
     ) -> dict[str, Any]:
-        """Metrics of the exported model on labelled rows (fp32, deterministic order)."""
+        """Metrics of the exported model on labelled rows (fp32, deterministic order);
+        per-slice metrics on `evaluation.slices` (all required unless `require_slices` is
+        off, as for a validation part held out of a training file without them)."""
         rows = self.task.read_inputs(df, source, with_labels=True)
         ds = self.task.encode(rows, self.processor, split)
         out = run_outputs(
@@ -51,6 +90,21 @@ class LoadedRun:
             self.recipe.training.eval_batch_size,
         )
         metrics = self.task.metrics(out)
+        ev = self.recipe.evaluation
+        columns = [c for c in ev.slices if c in rows.columns]
+        if require_slices:
+            check_slice_columns(rows, ev.slices, source)
+        if columns:
+            metrics["slices"] = slice_metrics(
+                self.task,
+                out,
+                rows,
+                columns,
+                ev.metric,
+                ev.resolved_mode() == "max",
+                ev.slice_min_examples,
+                ev.slice_gap_alarm,
+            )
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             files = (
