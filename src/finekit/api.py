@@ -18,6 +18,7 @@ from finekit.data.splits import read_splits
 from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.evaluate.retention import EmbeddingRetention, encoder_of, reference_sentences
+from finekit.evaluate.slices import check_slice_columns, slice_alarms
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method, freeze_batchnorm_stats
 from finekit.methods.regularisers import L2SP
@@ -125,6 +126,7 @@ def _setup(r: Recipe) -> _Setup:
     """data -> task -> model -> method, with every input check; writes nothing."""
     task = build_task(r.task)
     prepared = task.prepare(read_splits(r.data), r)
+    check_slices(r, prepared)
     family = family_for(r.model)
     resolve_precision(r.training.precision, detect_device_type())
     if r.evaluation.retention != "off":
@@ -139,6 +141,16 @@ def _setup(r: Recipe) -> _Setup:
     if r.training.frozen_bn == "eval":
         freeze_batchnorm_stats(model)
     return _Setup(task, prepared, family, loaded, groups, method, model)
+
+
+def check_slices(r: Recipe, prepared: Prepared) -> None:
+    """Each `evaluation.slices` column must be in some evaluated split (e.g. the test
+    file); a validation part held out of a training file without it is evaluated whole."""
+    evaluated = [(s, df) for s, df in prepared.splits.items() if s != "train"]
+    for col in r.evaluation.slices:
+        if evaluated and not any(col in df.columns for _, df in evaluated):
+            s, df = evaluated[-1]
+            check_slice_columns(df, [col], prepared.splits.sources.get(s, s))
 
 
 def check_max_length(model: Any, max_length: int) -> None:
@@ -179,8 +191,20 @@ def _run(
     builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
     method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
     regularisers = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
-    retention = _retention(r, model, loaded.processor)
     accelerator = make_accelerator(r.training)
+    # Optional task hook: the base model's scores before any step (e.g. perplexity), merged
+    # into the final metrics as `<name>_before` beside `<name>_after`.
+    baseline_hook = getattr(task, "baseline", None)
+    before: dict[str, dict[str, Any]] = {}
+    if baseline_hook is not None:
+        model.to(accelerator.device)  # prepare() would move it anyway
+        before = baseline_hook(
+            model,
+            loaded.processor,
+            {s: e for s, e in encoded.items() if s != "train"},
+            r.training.eval_batch_size,
+        )
+    retention = _retention(r, model, loaded.processor, task)
     loop = Loop(
         task,
         model,
@@ -248,9 +272,17 @@ def _run(
             if split == "train":
                 continue
             m = exported.evaluate(
-                df, prepared.splits.sources.get(split, split), out_dir=run_dir / "eval", split=split
+                df,
+                prepared.splits.sources.get(split, split),
+                out_dir=run_dir / "eval",
+                split=split,
+                require_slices=False,
             )
             m.pop("confusion_matrix", None)
+            for k, v in before.get(split, {}).items():
+                m[k] = v
+                if k.endswith("_before") and k[: -len("_before")] in m:
+                    m[k[: -len("_before")] + "_after"] = m[k[: -len("_before")]]
             metrics[split] = m
             artifacts[f"eval_{split}"] = f"eval/{split}.json"
         retention_summary = None
@@ -260,13 +292,19 @@ def _run(
             retention_summary = {
                 "reference": retention.source,
                 "sentences": len(retention.texts),
-                "before": {"retention_similarity": 1.0, "retention_cosine": 1.0},
+                "before": getattr(
+                    retention, "before", {"retention_similarity": 1.0, "retention_cosine": 1.0}
+                ),
                 "after": after,
                 "per_evaluation": [
                     {"step": h["step"], **{k: h[k] for k in after if k in h}}
                     for h in summary.history
                 ],
             }
+            if hasattr(retention, "summarize"):  # e.g. general_perplexity_before/after
+                retention_summary.update(retention.summarize(after))
+            if hasattr(retention, "note"):
+                retention_summary["note"] = retention.note
         run.update(
             {
                 "status": "completed",
@@ -297,9 +335,18 @@ def _run(
                 },
                 "restored_best": best,
                 "overfitting": monitor.summary() if monitor else None,
-                "alarms": [monitor.summary()["message"]]
-                if monitor and monitor.summary()["detected"]
-                else [],
+                "alarms": (
+                    [monitor.summary()["message"]]
+                    if monitor and monitor.summary()["detected"]
+                    else []
+                )
+                + [
+                    msg
+                    for split, m in metrics.items()
+                    for msg in slice_alarms(
+                        m.get("slices") or {}, ev.metric, split, ev.slice_gap_alarm
+                    )
+                ],
                 "artifacts": artifacts,
                 "wall_seconds": round(time.time() - started, 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -333,11 +380,15 @@ def _write_report(run_dir: Path) -> None:
         )
 
 
-def _retention(r: Recipe, model: nn.Module, processor: Any) -> EmbeddingRetention | None:
+def _retention(r: Recipe, model: nn.Module, processor: Any, task: Task | None = None) -> Any:
     """Reference embeddings of the *base* model (before any step), where they mean
-    something: a pre-trained text encoder."""
+    something: a pre-trained text encoder; or the task's own measure (`task.retention`,
+    e.g. general-text perplexity for language models)."""
     if r.evaluation.retention == "off" or r.model.init != "pretrained":
         return None
+    hook = getattr(task, "retention", None)
+    if hook is not None:
+        return hook(model, processor, r)
     if not hasattr(processor, "pad_token") or encoder_of(model) is None:
         return None
     try:

@@ -153,6 +153,14 @@ def _print_result(result: Any) -> None:
     typer.echo(f"run directory : {result.run_dir}")
     typer.echo(f"model         : {result.model_dir}")
     for split, m in result.metrics.items():
+        if "perplexity" in m:  # language models: before -> after
+            before = m.get("perplexity_before")
+            typer.echo(
+                f"{split:<14}: perplexity "
+                + (f"{before:.2f} -> " if isinstance(before, (int, float)) else "")
+                + f"{m['perplexity']:.2f}"
+            )
+            continue
         typer.echo(
             f"{split:<14}: accuracy {m.get('accuracy', float('nan')):.4f}  "
             f"macro-F1 {m.get('macro_f1', float('nan')):.4f}"
@@ -171,14 +179,14 @@ def eval_(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Metrics of a run's exported model on a labelled file (written to RUN/eval/)."""
-    from finekit.data.readers import read_table
     from finekit.serve.predict import load_run
 
     _setup_logging(verbose)
     loaded = load_run(run)
     split = Path(data).stem
-    m = loaded.evaluate(read_table(data), data, out_dir=run / "eval", split=split)
+    m = loaded.evaluate(loaded.read(data), data, out_dir=run / "eval", split=split)
     m.pop("confusion_matrix", None)
+    m.pop("calibration_bins", None)  # in RUN/eval/<split>.json and the reliability plot
     per_class = m.pop("per_class", {})
     typer.echo(json.dumps(m, indent=2))
     typer.echo(
@@ -195,7 +203,6 @@ def predict(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="File out")] = None,  # noqa: UP045
 ) -> None:
     """Predict labels for texts, or for a file (csv/tsv/jsonl/parquet) into a file."""
-    from finekit.data.readers import read_table
     from finekit.serve.predict import load_run
 
     _setup_logging(False)
@@ -203,11 +210,17 @@ def predict(
         raise RecipeError("give texts to classify or --input FILE")
     loaded = load_run(run)
     if input_:
-        df = read_table(input_)
+        df = loaded.read(input_)
         preds = loaded.predict(df)
-        out = df.assign(
-            predicted_label=[p["label"] for p in preds], score=[round(p["score"], 6) for p in preds]
-        )
+        if preds and "label" not in preds[0]:  # e.g. causal_lm: {"text": continuation}
+            out = df.assign(**{f"generated_{k}": [p[k] for p in preds] for k in preds[0]})
+        else:
+            out = df.assign(
+                predicted_label=[p["label"] for p in preds],
+                score=[round(p["score"], 6) for p in preds],
+            )
+        arrays = [c for c in out.columns if len(out) and getattr(out[c].iloc[0], "ndim", 0) >= 2]
+        out = out.drop(columns=arrays)  # image arrays (from an .npz) are not written back
         if output:
             _write_table(out, output)
             typer.echo(f"{len(out)} predictions -> {output}")
@@ -215,6 +228,9 @@ def predict(
             typer.echo(out.to_csv(index=False), nl=False)
     if texts:
         for text, p in zip(texts, loaded.predict(list(texts)), strict=True):
+            if "label" not in p:  # a generation: the prompt, then its continuation
+                typer.echo(f"{text}\t{p.get('text', p)!r}")
+                continue
             typer.echo(f"{p['label']}\t{p['score']:.4f}\t{text}")
 
 

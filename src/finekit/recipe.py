@@ -105,7 +105,10 @@ class DataSpec(Section):
     train: str
     validation: str | None = None
     test: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf", "npz", "images"] = "auto"
+    # Plain text (`text`): a .txt file or a folder of .txt/.md files, one row per file.
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf", "npz", "images", "text"] = (
+        "auto"
+    )
     text_column: str = "text"
     # Images: the column with file paths (relative to the manifest's folder) or arrays.
     # Set it for a CSV/JSONL manifest; folders and .npz files fill a column `image`.
@@ -206,6 +209,12 @@ class EvaluationSpec(Section):
     # general-English reference), per evaluation and before vs after. auto = where it applies.
     retention: Literal["auto", "off"] = "auto"
     retention_reference: str | None = None  # one sentence per line; None = finekit's own
+    # Per-slice metrics on these columns of the validation/test data (site, device, sex...):
+    # the headline metric per value, and an alarm when best and worst slices (each with at
+    # least `slice_min_examples`) differ by more than `slice_gap_alarm`.
+    slices: list[str] = Field(default_factory=list)
+    slice_min_examples: int = Field(10, ge=1)
+    slice_gap_alarm: float = Field(0.1, gt=0.0)
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":
@@ -358,7 +367,11 @@ def looks_like_images(data: DataSpec) -> bool:
     if p.suffix.lower() == ".npz":
         return True
     hf_markers = ("dataset_dict.json", "dataset_info.json", "state.json")
-    return p.is_dir() and not any((p / m).exists() for m in hf_markers)
+    if not p.is_dir() or any((p / m).exists() for m in hf_markers):
+        return False
+    from finekit.data.readers import is_text_folder
+
+    return not is_text_folder(p)
 
 
 def _undot(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,21 +1,28 @@
 """Readers: a file, a saved HF `datasets` folder or an `hf://` name -> a pandas DataFrame.
 
+Plain-text corpora (`text`: a .txt file or a folder of .txt/.md files) give one row per
+file, columns `text` and `source`, for self-supervised language-model training.
+
 Every failure names the file and the fix (missing, not UTF-8, not parseable, empty).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from finekit.errors import DataError
 
+log = logging.getLogger(__name__)
+
 SUFFIX_FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",
-    ".txt": "tsv",
+    ".txt": "text",
+    ".md": "text",
     ".jsonl": "jsonl",
     ".json": "jsonl",
     ".ndjson": "jsonl",
@@ -23,6 +30,14 @@ SUFFIX_FORMATS = {
     ".pq": "parquet",
     ".npz": "npz",
 }
+TEXT_SUFFIXES = (".txt", ".md")
+HF_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
+
+
+def is_text_folder(p: Path) -> bool:
+    """A folder whose files are all .txt/.md (hidden files ignored), at least one of them."""
+    files = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    return bool(files) and all(f.suffix.lower() in TEXT_SUFFIXES for f in files)
 
 
 def detect_format(path: str) -> str:
@@ -31,8 +46,10 @@ def detect_format(path: str) -> str:
         return "hf"
     p = Path(path)
     if p.is_dir():
-        if any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if any((p / f).exists() for f in HF_MARKERS):
             return "hf"
+        if is_text_folder(p):
+            return "text"
         return "images"  # one sub-folder per class
     fmt = SUFFIX_FORMATS.get(p.suffix.lower())
     if fmt is None:
@@ -50,6 +67,8 @@ def read_table(
     `str_columns` are read as text (labels "01" and "1" stay different)."""
     dtype = dict.fromkeys(str_columns or [], str)
     fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "text":
+        return read_text_corpus(path)
     if fmt != "hf" and not Path(path).is_file():
         raise DataError(f"data file {path} does not exist (check data.train/validation/test)")
     try:
@@ -129,3 +148,44 @@ def _read_hf(path: str, split: str | None) -> pd.DataFrame:
             )
         ds = ds[split]
     return ds.to_pandas()
+
+
+def read_text_corpus(path: str) -> pd.DataFrame:
+    """A .txt/.md file or a folder of them -> one row per file (`text`, `source`), in
+    sorted path order so splits are reproducible. Empty or binary files are errors."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and not f.name.startswith(".")
+        )
+        if not files:
+            raise DataError(
+                f"data folder {path} has no text files (.txt/.md); put the corpus there as "
+                "UTF-8 text files"
+            )
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError(f"data file {path} does not exist (check data.train/validation/test)")
+    rows = []
+    for f in files:
+        raw = f.read_bytes()
+        if b"\x00" in raw:
+            raise DataError(f"data file {f} is binary (NUL bytes), not a text file; remove it")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"data file {f} is not UTF-8 (byte {e.start}: {e.reason}); re-save it as UTF-8"
+            ) from None
+        if not text.strip():
+            if p.is_file():
+                raise DataError(f"data file {f} is empty (no text)")
+            log.warning("data file %s is empty: skipped", f)  # the other files may hold text
+            continue
+        rows.append({"text": text.replace("\r\n", "\n"), "source": str(f)})
+    if not rows:
+        raise DataError(f"data folder {path}: every text file is empty ({files[0]}, ...)")
+    return pd.DataFrame(rows)

@@ -28,19 +28,28 @@ PEFT_TASK_TYPES = {
 
 class LoraConfig(MethodConfig):
     name: str = "lora"
-    r: int = Field(8, ge=1)  # rank: 4-16 for classification, 16-64 for generation
+    # Rank: 4-16 for classification, 16-64 for generation; None = 8 for classification
+    # heads, 16 for causal LMs.
+    r: int | None = Field(None, ge=1)
     alpha: int = Field(16, gt=0)  # scaling alpha/r; 2*r is the common choice
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # Module names or "all-linear"; None = peft's default for the architecture.
+    # Module names or "all-linear"; None = peft's default for the architecture (causal LMs:
+    # "all-linear", attention and MLP, which adapts a domain far better than q/v alone).
     target_modules: list[str] | str | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
     use_dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024)
     use_rslora: bool = False  # rank-stabilised scaling alpha/sqrt(r)
 
 
-def default_targets(model_type: str | None) -> list[str] | str:
+DEFAULT_RANK = {"causal-lm": 16}  # head kind -> rank when method.r is not set (else 8)
+
+
+def default_targets(model_type: str | None, head_kind: str | None = None) -> list[str] | str:
+    """peft's per-architecture table for classifiers; every linear layer for causal LMs."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
 
+    if head_kind == "causal-lm":
+        return "all-linear"  # peft leaves the output layer (lm_head) out of "all-linear"
     return list(table[model_type]) if model_type in table else "all-linear"
 
 
@@ -67,12 +76,16 @@ class Lora:
         from peft import get_peft_model
 
         cfg = self.config
-        targets = cfg.target_modules or default_targets(ctx.model_type)
+        targets = cfg.target_modules or default_targets(ctx.model_type, ctx.head.kind)
+        rank = cfg.r if cfg.r is not None else DEFAULT_RANK.get(ctx.head.kind, 8)
         if cfg.target_modules is None and ctx.head.kind == "image-classification":
             targets = conv_targets(model, ctx.groups.head) or targets
         task_type = PEFT_TASK_TYPES.get(ctx.head.kind)
+        # A new, random head must train fully and be saved with the adapter; an LM head
+        # is pre-trained (and often tied to the embeddings): it stays frozen.
+        new_head = ctx.head.kind != "causal-lm"
         peft_cfg = PeftLoraConfig(
-            r=cfg.r,
+            r=rank,
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
             target_modules=targets,
@@ -80,8 +93,7 @@ class Lora:
             use_dora=cfg.use_dora,
             use_rslora=cfg.use_rslora,
             task_type=task_type,
-            # The head is new (random): it must train fully and be saved with the adapter.
-            modules_to_save=list(ctx.groups.head) or None,
+            modules_to_save=(list(ctx.groups.head) or None) if new_head else None,
         )
         try:
             return get_peft_model(model, peft_cfg)

