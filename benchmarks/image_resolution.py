@@ -51,34 +51,45 @@ def main() -> None:
         out = Path(args.runs) / f"px{size}"
         r = Recipe.from_yaml(
             ROOT / "recipes" / "chest-xray.yaml",
-            overrides=[f"data.train={DATA}", f"task.image_size={size}", f"output.dir={out}",
-                       "output.overwrite=true"],
+            overrides=[
+                f"data.train={DATA}",
+                f"task.image_size={size}",
+                f"output.dir={out}",
+                "output.overwrite=true",
+            ],
         )
         run = finetune(r).summary
         test = run["metrics"]["test"]
-        rows.append({
-            "image_size": size,
-            "test_auc": test["roc_auc"],
-            "test_accuracy": test["accuracy"],
-            "sensitivity": test["sensitivity"],
-            "specificity": test["specificity"],
-            "ece": test["ece"],
-            "train_seconds": run["train"]["seconds"],
-            "train_samples_per_second": run["train"]["samples_per_second"],
-            "inference_images_per_second": round(inference_throughput(out, size), 1),
-            "steps": run["train"]["steps"],
-        })
+        rows.append(
+            {
+                "image_size": size,
+                "test_auc": test["roc_auc"],
+                "test_accuracy": test["accuracy"],
+                "sensitivity": test["sensitivity"],
+                "specificity": test["specificity"],
+                "ece": test["ece"],
+                "train_seconds": run["train"]["seconds"],
+                "train_samples_per_second": run["train"]["samples_per_second"],
+                "inference_images_per_second": round(inference_throughput(out, size), 1),
+                "steps": run["train"]["steps"],
+            }
+        )
         print(rows[-1], flush=True)
-    print(f"\n{'px':>5}{'test AUC':>10}{'acc':>8}{'sens':>7}{'spec':>7}{'ECE':>7}"
-          f"{'train s':>9}{'train img/s':>13}{'infer img/s':>13}")
+    print(
+        f"\n{'px':>5}{'test AUC':>10}{'acc':>8}{'sens':>7}{'spec':>7}{'ECE':>7}"
+        f"{'train s':>9}{'train img/s':>13}{'infer img/s':>13}"
+    )
     for x in rows:
-        print(f"{x['image_size']:>5}{x['test_auc']:>10.4f}{x['test_accuracy']:>8.3f}"
-              f"{x['sensitivity']:>7.3f}{x['specificity']:>7.3f}{x['ece']:>7.3f}"
-              f"{x['train_seconds']:>9.0f}{x['train_samples_per_second']:>13.0f}"
-              f"{x['inference_images_per_second']:>13.0f}")
+        print(
+            f"{x['image_size']:>5}{x['test_auc']:>10.4f}{x['test_accuracy']:>8.3f}"
+            f"{x['sensitivity']:>7.3f}{x['specificity']:>7.3f}{x['ece']:>7.3f}"
+            f"{x['train_seconds']:>9.0f}{x['train_samples_per_second']:>13.0f}"
+            f"{x['inference_images_per_second']:>13.0f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"recipe": "recipes/chest-xray.yaml", "rows": rows},
-                                         indent=1))
+    Path(args.out).write_text(
+        json.dumps({"recipe": "recipes/chest-xray.yaml", "rows": rows}, indent=1)
+    )
     print(f"\nJSON: {args.out}")
 
 
