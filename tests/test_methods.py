@@ -91,3 +91,41 @@ def test_lora_trains_few_parameters_and_exports_merged(
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
     torch.testing.assert_close(plain(**x).logits, before, atol=1e-5, rtol=1e-4)
     assert plain.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "dora", "r": 4, "target_modules": ["query", "value"]},
+        {"name": "ia3"},
+    ],
+    ids=["dora", "ia3"],
+)
+def test_peft_variants_train_few_parameters_and_merge(tiny_recipe, method) -> None:  # noqa: ANN001
+    """DoRA and (IA)^3 as named methods: few trainable parameters, the task is learnt, and
+    the merged export reproduces the run's own test accuracy when reloaded."""
+    from finekit import finetune
+    from finekit.serve.predict import load_run
+
+    # (IA)^3 only rescales channels: it needs a larger rate (Liu et al. 2022 use 3e-3 on
+    # billions of parameters; a random 2-layer toy needs more).
+    lr = 5e-2 if method["name"] == "ia3" else 1e-2
+    res = finetune(tiny_recipe, method=method, training={"lr": lr, "epochs": 8})
+    tr = res.train
+    assert tr["trainable_parameters"] < tr["total_parameters"] / 3
+    assert (res.run_dir / "adapter" / "adapter_config.json").is_file()
+    if method["name"] == "dora":
+        assert res.metrics["test"]["accuracy"] > 0.6  # 3 classes: chance is 0.33
+    else:
+        # A random 2-layer toy's [CLS] features barely differ between inputs, which channel
+        # scales cannot fix; what must hold is that the scales trained away from identity.
+        from safetensors.torch import load_file
+
+        w = load_file(str(res.run_dir / "adapter" / "adapter_model.safetensors"))
+        scales = [v for k, v in w.items() if "ia3_l" in k]
+        assert scales and any((v - 1).abs().max() > 1e-3 for v in scales)
+    import pandas as pd
+
+    test = pd.read_csv(tiny_recipe.data.test)
+    m = load_run(res.run_dir).evaluate(test, "test")
+    assert m["accuracy"] == res.metrics["test"]["accuracy"]

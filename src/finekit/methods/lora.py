@@ -120,3 +120,14 @@ class Lora:
 
 
 register_method("lora", LoraConfig, Lora)
+
+
+class DoraConfig(LoraConfig):
+    """`dora`: LoRA with weight decomposition (Liu et al. 2024) — magnitude and direction
+    trained apart; closer to full fine-tuning at LoRA's parameter count, ~2x slower steps."""
+
+    name: str = "dora"
+    use_dora: bool = True
+
+
+register_method("dora", DoraConfig, Lora)
