@@ -1,7 +1,7 @@
 """Continued pre-training on Shakespeare: domain perplexity gained vs general English lost,
 per method, and the same budget from random initialisation (issue 5).
 
-    python benchmarks/lm_forgetting.py [--steps 100] [--variants lora,full,l2sp,scratch]
+    python benchmarks/lm_forgetting.py [--steps 80] [--batch-size 4] [--variants lora,full,...]
 
 Every variant runs recipes/shakespeare-cpt.yaml with the same data, blocks, batch and number
 of optimizer steps; only the method (and the learning rate a method needs) changes. Prints a
@@ -34,7 +34,8 @@ VARIANTS: dict[str, dict] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_forgetting.json"))
     ap.add_argument("--runs", default="runs/lm-forgetting")
@@ -43,6 +44,7 @@ def main() -> None:
         raise SystemExit(f"tinyshakespeare absent at {DATA}")
     base = Recipe.from_yaml(ROOT / "recipes" / "shakespeare-cpt.yaml", overrides=[
         f"data.train={DATA}", f"training.max_steps={args.steps}",
+        f"training.batch_size={args.batch_size}", f"training.eval_batch_size={args.batch_size}",
         "data.validation_fraction=0.01", "data.test_fraction=0.02",
         f"evaluation.every_steps={args.steps}", f"training.checkpoint_every={args.steps}",
         "evaluation.train_eval_samples=16"])

@@ -60,6 +60,11 @@ def test_freeze_patterns_and_errors(tiny_model_dir: Path) -> None:
         build_method(_method({"name": "freeze", "patterns": ["nothing_like_this"]})).apply(
             loaded.model, ctx
         )
+    # A typo'd pattern: the error names the parameters it probably meant.
+    with pytest.raises(RecipeError, match=r"nearest names are \['[^']*attention\.self\.key"):
+        build_method(_method({"name": "freeze", "patterns": [r"atention\.self\.kye"]})).apply(
+            loaded.model, ctx
+        )
 
 
 def test_lora_trains_few_parameters_and_exports_merged(

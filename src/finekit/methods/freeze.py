@@ -28,6 +28,22 @@ class FreezeConfig(MethodConfig):
     patterns: list[str] = Field(default_factory=list)
 
 
+def nearest_names(pattern: str, names: list[str], n: int = 5) -> list[str]:
+    """Parameter names closest to a pattern that matched nothing (typos, wrong prefixes):
+    whole names and their dotted tails are compared, so "atention.key" finds
+    "encoder.layer.0.attention.self.key.weight"."""
+    import difflib
+
+    plain = re.sub(r"[\\^$]", "", pattern)
+    scored = []
+    for name in names:
+        parts = name.split(".")
+        tails = [".".join(parts[i:]) for i in range(len(parts))]
+        best = max(difflib.SequenceMatcher(None, plain, t).ratio() for t in tails)
+        scored.append((best, name))
+    return [name for _, name in sorted(scored, key=lambda x: -x[0])[:n]]
+
+
 class Freeze(PlainExport):
     def __init__(self, config: FreezeConfig) -> None:
         self.config = config
@@ -56,7 +72,8 @@ class Freeze(PlainExport):
         for pat, rx in zip(cfg.patterns, regexes, strict=True):
             if not any(rx.search(n) for n in names):
                 raise RecipeError(
-                    f"method.patterns: {pat!r} matches no parameter; names look like {names[:3]}"
+                    f"method.patterns: {pat!r} matches no parameter; the nearest names are "
+                    f"{nearest_names(pat, names)}"
                 )
         for name, p in model.named_parameters():
             frozen = matches(name, frozen_prefixes) or any(rx.search(name) for rx in regexes)
