@@ -234,6 +234,31 @@ def predict(
             typer.echo(f"{p['label']}\t{p['score']:.4f}\t{text}")
 
 
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="Run directory of a chat run")],
+    input_: Annotated[str, typer.Option("--input", "-i", help="messages/prompt file")],
+    output: Annotated[str, typer.Option("--output", "-o", help="File out (.jsonl...)")],
+) -> None:
+    """Replies of a chat run for every row of a file (`messages` or `prompt` column)."""
+    from finekit.serve.chat import generate_file
+    from finekit.serve.predict import load_run
+
+    _setup_logging(False)
+    out = generate_file(load_run(run), input_, output)
+    typer.echo(f"{len(out)} replies -> {output}")
+
+
+@app.command()
+def chat(run: Annotated[Path, typer.Argument(help="Run directory of a chat run")]) -> None:
+    """Talk to a chat run (history kept, replies streamed); `exit` or Ctrl-D quits."""
+    from finekit.serve.chat import chat_loop
+    from finekit.serve.predict import load_run
+
+    _setup_logging(False)
+    chat_loop(load_run(run))
+
+
 def _write_table(df: Any, path: str) -> None:
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):

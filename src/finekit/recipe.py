@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,6 +185,28 @@ class TrainingSpec(Section):
 
 
 # --------------------------------------------------------------------------- evaluation
+GENERATION_TASKS = ("chat",)  # tasks whose evaluation generates replies (evaluation.rules)
+
+
+class RuleSpec(Section):
+    """House-style checks on generated replies (generation tasks such as `chat`); a reply
+    adheres when it passes every rule that is set."""
+
+    starts_with: list[str] = Field(default_factory=list)  # any of these prefixes
+    regex: str | None = None  # must match somewhere (re.search)
+    max_words: int | None = Field(None, ge=1)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+
 class EvaluationSpec(Section):
     """What is measured, when, and how."""
 
@@ -215,6 +238,9 @@ class EvaluationSpec(Section):
     slices: list[str] = Field(default_factory=list)
     slice_min_examples: int = Field(10, ge=1)
     slice_gap_alarm: float = Field(0.1, gt=0.0)
+    # Rule checks on generated replies (tasks that generate, e.g. `chat`): reported as
+    # rule_adherence (share passing all) and rule_<name> rates, before and after training.
+    rules: RuleSpec | None = None
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":
@@ -292,6 +318,11 @@ class Recipe(Section):
     def _cross_checks(self) -> Recipe:
         if self.data.k_per_class is not None and self.task.name not in ("classify",):
             raise ValueError(f"data.k_per_class needs a task with classes, not {self.task.name!r}")
+        if self.evaluation.rules is not None and self.task.name not in GENERATION_TASKS:
+            raise ValueError(
+                f"evaluation.rules checks generated replies; task {self.task.name!r} does not "
+                f"generate (tasks that do: {', '.join(GENERATION_TASKS)})"
+            )
         modality = getattr(self.task, "modality", None)
         if modality == "auto":
             self.task.modality = "image" if looks_like_images(self.data) else "text"  # type: ignore[attr-defined]

@@ -90,6 +90,10 @@ class LoadedRun:
             self.recipe.training.eval_batch_size,
         )
         metrics = self.task.metrics(out)
+        # Optional task hook: scores of generated replies (e.g. chat: token F1, rule checks).
+        generation = getattr(self.task, "generation_metrics", None)
+        if generation is not None:
+            metrics.update(generation(self.model, self.processor, rows))
         ev = self.recipe.evaluation
         columns = [c for c in ev.slices if c in rows.columns]
         if require_slices:
