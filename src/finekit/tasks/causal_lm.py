@@ -175,30 +175,17 @@ class CausalLMTask:
         return EncodedDataset([{"input_ids": b} for b in blocks], [len(b) for b in blocks])
 
     def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], Batch]:
-        pad = getattr(processor, "pad_token_id", None)
-        pad = pad if pad is not None else getattr(processor, "eos_token_id", 0) or 0
-        return BlockCollator(int(pad))
+        return BlockCollator(pad_token_id(processor))
 
     # ------------------------------------------------------------------ steps
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        nll, n = token_nll(model, batch)
-        return nll.sum() / n.sum().clamp_min(1)
+        return lm_loss(model, batch)
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        nll, n = token_nll(model, batch)
-        return {"nll": nll.detach(), "tokens": n}
+        return lm_eval_step(model, batch)
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Token-weighted mean NLL (nats) and perplexity = exp(mean NLL)."""
-        total = float(outputs["nll"].double().sum())
-        tokens = int(outputs["tokens"].sum())
-        loss = total / max(1, tokens)
-        return {
-            "perplexity": _exp(loss),
-            "loss": loss,
-            "tokens": tokens,
-            "examples": int(len(outputs["tokens"])),
-        }
+        return lm_metrics(outputs)
 
     def artifacts(
         self,
@@ -470,3 +457,34 @@ def _change(before: Any, after: Any) -> str:
 
 
 register_task("causal_lm", CausalLMConfig, CausalLMTask)
+
+
+# ---------------------------------------------------------------------- shared LM steps
+# (also used by tasks/chat.py: the same token-level objective on other tokens)
+def pad_token_id(processor: Any) -> int:
+    """The tokenizer's pad id, else its EOS id (decoder tokenizers often lack a pad)."""
+    pad = getattr(processor, "pad_token_id", None)
+    return int(pad if pad is not None else getattr(processor, "eos_token_id", 0) or 0)
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean NLL over the supervised (label != -100) tokens of the batch."""
+    nll, n = token_nll(model, batch)
+    return nll.sum() / n.sum().clamp_min(1)
+
+
+def lm_eval_step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    nll, n = token_nll(model, batch)
+    return {"nll": nll.detach(), "tokens": n}
+
+
+def lm_metrics(outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Token-weighted mean NLL (nats) and perplexity = exp(mean NLL)."""
+    tokens = int(outputs["tokens"].sum())
+    loss = float(outputs["nll"].double().sum()) / max(1, tokens)
+    return {
+        "perplexity": _exp(loss),
+        "loss": loss,
+        "tokens": tokens,
+        "examples": int(len(outputs["tokens"])),
+    }

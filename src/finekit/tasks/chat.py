@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +33,13 @@ from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import generation_scores
 from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
 from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
-from finekit.tasks.causal_lm import IGNORE, token_nll
+from finekit.tasks.causal_lm import (
+    IGNORE,
+    lm_eval_step,
+    lm_loss,
+    lm_metrics,
+    pad_token_id,
+)
 
 log = logging.getLogger(__name__)
 METRICS = ("loss", "perplexity")  # on assistant tokens (lower is better)
@@ -359,33 +364,18 @@ class ChatTask:
         return EncodedDataset(feats, [len(f["input_ids"]) for f in feats])
 
     def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], Batch]:
-        pad = getattr(processor, "pad_token_id", None)
-        pad = pad if pad is not None else getattr(processor, "eos_token_id", 0) or 0
-        return ChatCollator(int(pad))
+        return ChatCollator(pad_token_id(processor))
 
     # ------------------------------------------------------------------ steps
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        nll, n = token_nll(model, batch)
-        return nll.sum() / n.sum().clamp_min(1)
+        return lm_loss(model, batch)
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        nll, n = token_nll(model, batch)
-        return {"nll": nll.detach(), "tokens": n}
+        return lm_eval_step(model, batch)
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Token-weighted NLL (nats) on assistant tokens and its exponential."""
-        tokens = int(outputs["tokens"].sum())
-        loss = float(outputs["nll"].double().sum()) / max(1, tokens)
-        try:
-            ppl = math.exp(loss)
-        except OverflowError:
-            ppl = float("inf")
-        return {
-            "loss": loss,
-            "perplexity": ppl,
-            "tokens": tokens,
-            "examples": len(outputs["tokens"]),
-        }
+        return lm_metrics(outputs)
 
     def artifacts(
         self,
