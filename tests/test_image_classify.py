@@ -187,8 +187,8 @@ def test_augmentation_is_reproducible_and_text_refuses_it(tiny_resnet, toy_npz, 
     assert a.metrics["test"]["loss"] != c.metrics["test"]["loss"]
     assert a.summary["data"]["augment"]["rotate"] == 10.0
     assert "hflip" not in a.summary["data"]["augment"]  # medical: no flips by default
-    with pytest.raises(RecipeError, match="data.augment: augmentation is implemented for images"):
-        Recipe.from_dict({"model": "m", "data": {"train": "t.csv", "augment": {"preset": "light"}}})
+    with pytest.raises(RecipeError, match="data.augment.hflip is for image data"):
+        Recipe.from_dict({"model": "m", "data": {"train": "t.csv", "augment": {"hflip": 0.5}}})
 
 
 def test_balanced_sampling_draws_classes_evenly():

@@ -401,12 +401,15 @@ def _retention(r: Recipe, model: nn.Module, processor: Any, task: Task | None = 
 
 
 def _subset(data: EncodedDataset, n: int, seed: int) -> EncodedDataset | None:
-    """A fixed, seeded subset of the training data for the train/validation gap."""
+    """A fixed, seeded subset of the training data for the train/validation gap (the
+    plain `features`: never augmented)."""
     if n <= 0 or len(data) == 0:
         return None
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[:n].sort().values.tolist()
-    return EncodedDataset([data[i] for i in idx], [data.lengths[i] for i in idx])
+    plain = getattr(data, "features", None)
+    rows = [plain[i] if plain is not None else data[i] for i in idx]
+    return EncodedDataset(rows, [data.lengths[i] for i in idx])
 
 
 def _log_to(path: Path) -> logging.Handler:

@@ -67,14 +67,15 @@ class MethodConfig(Section):
 
 # --------------------------------------------------------------------------- data
 class AugmentSpec(Section):
-    """Training-time augmentation (images now; kornia ops, seeded by the run).
+    """Training-time augmentation: kornia ops for images, EDA for text; seeded by the run.
 
-    A preset sets the defaults; any field given explicitly overrides its value. Evaluation
-    and prediction never augment.
+    A preset sets the defaults (per modality); any field given explicitly overrides its
+    value. Validation, evaluation and prediction never augment.
     """
 
-    # none | light (natural photos) | medical (conservative geometry: no flips, small
-    # rotations/shifts, mild intensity changes; laterality matters on chest X-rays) | strong
+    # none | light (natural photos; text: EDA alpha 0.1 on half the examples) | medical
+    # (images only: conservative geometry: no flips, small rotations/shifts, mild
+    # intensity changes; laterality matters on chest X-rays) | strong
     preset: Literal["none", "light", "medical", "strong"] = "none"
     hflip: float | None = Field(None, ge=0.0, le=1.0)  # probability of a left-right flip
     vflip: float | None = Field(None, ge=0.0, le=1.0)  # probability of an up-down flip
@@ -88,13 +89,22 @@ class AugmentSpec(Section):
     policy: Literal["none", "randaugment", "trivialaugment"] | None = None
     mixup: float | None = Field(None, ge=0.0, le=1.0)  # probability per batch (Zhang 2018)
     cutmix: float | None = Field(None, ge=0.0, le=1.0)  # probability per batch (Yun 2019)
+    # Text: Easy Data Augmentation (Wei & Zou 2019), one op per augmented example, with the
+    # shipped synonym list. Rates are EDA's alpha: the share of a text's words changed
+    # (at least one); eda_delete is each word's chance of being dropped.
+    eda_synonym: float | None = Field(None, ge=0.0, le=1.0)  # replace words by synonyms
+    eda_insert: float | None = Field(None, ge=0.0, le=1.0)  # insert synonyms of its words
+    eda_swap: float | None = Field(None, ge=0.0, le=1.0)  # swap two words, alpha*n times
+    eda_delete: float | None = Field(None, ge=0.0, le=1.0)  # drop each word (never all)
+    text_prob: float | None = Field(None, ge=0.0, le=1.0)  # share of examples augmented
 
-    def active(self) -> bool:
+    def active(self, modality: str = "image") -> bool:
         from finekit.data.augment import resolve_augment
 
-        return any(v for k, v in resolve_augment(self).items() if k != "policy") or (
-            resolve_augment(self)["policy"] != "none"
-        )
+        a = resolve_augment(self, modality)
+        if modality == "text":
+            return bool(a["text_prob"]) and any(v for k, v in a.items() if k != "text_prob")
+        return any(v for k, v in a.items() if k != "policy") or a["policy"] != "none"
 
 
 class DataSpec(Section):
@@ -327,11 +337,9 @@ class Recipe(Section):
         if modality == "auto":
             self.task.modality = "image" if looks_like_images(self.data) else "text"  # type: ignore[attr-defined]
             modality = self.task.modality  # type: ignore[attr-defined]
-        if self.data.augment.active() and modality != "image":
-            raise ValueError(
-                f"data.augment: augmentation is implemented for images; task "
-                f"{self.task.name!r} on {modality or 'this data'} has none (remove data.augment)"
-            )
+        from finekit.data.augment import check_augment
+
+        check_augment(self.data.augment, self.task.name, modality)
         return self
 
     # ----------------------------------------------------------------- construction

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from finekit.data.augment import resolve_augment
+from finekit.data.augment.text import EdaSettings, eda, example_rng
 from finekit.data.splits import Splits, holdout, sample_per_class
 from finekit.errors import DataError, RecipeError
 from finekit.evaluate.metrics import classification_metrics
@@ -71,6 +73,9 @@ class ClassifyTask:
         self.label_column = "label"
         self.max_length = 128
         self.truncation: dict[str, dict[str, Any]] = {}
+        # EDA on training texts (data.augment), re-tokenised per example; None = off.
+        self.text_augment: EdaSettings | None = None
+        self.seed = 42
 
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
@@ -81,6 +86,10 @@ class ClassifyTask:
             d.label_column,
         )
         self.max_length = recipe.training.max_length
+        self.seed = recipe.training.seed
+        if self.config.modality != "image":
+            eda = EdaSettings.from_spec(d.augment)
+            self.text_augment = eda if eda.active else None
         if recipe.evaluation.metric not in self.metric_names:
             raise RecipeError(
                 f"evaluation.metric={recipe.evaluation.metric!r} is not a classify metric; "
@@ -127,9 +136,15 @@ class ClassifyTask:
             log.warning("classes absent from the sampled training set: %s", missing[:10])
         out = Splits(train=train, validation=val, test=test, sources=sources)
         counts = {s: int(len(df)) for s, df in out.items()}
+        augment = (
+            {"preset": d.augment.preset, **resolve_augment(d.augment, "text")}
+            if self.text_augment
+            else {}
+        )
         return Prepared(
             splits=out,
             info={
+                **({"augment": augment} if augment else {}),
                 "labels": self.labels,
                 "num_labels": len(self.labels),
                 "rows": counts,
@@ -214,7 +229,16 @@ class ClassifyTask:
             if labels is not None:
                 f["labels"] = labels[i]
             feats.append(f)
-        return EncodedDataset(feats, [len(f["input_ids"]) for f in feats])
+        plain = EncodedDataset(feats, [len(f["input_ids"]) for f in feats])
+        if split != "train" or self.text_augment is None:
+            return plain
+
+        def tokenize(i: int, text: str) -> dict[str, Any]:
+            pair = pairs[i] if pairs is not None else None
+            enc = processor(text, pair, truncation=True, max_length=self.max_length)
+            return {k: enc[k] for k in keys}
+
+        return AugmentedTexts(plain, texts, self.text_augment, self.seed, tokenize)
 
     def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], Batch]:
         from transformers import DataCollatorWithPadding
@@ -342,6 +366,42 @@ class ClassifyTask:
         self.pair_column = state.get("text_pair_column")
         self.label_column = state["label_column"]
         self.max_length = int(state["max_length"])
+
+
+class AugmentedTexts(EncodedDataset):
+    """Training examples whose text (not the pair) is augmented afresh each epoch by EDA,
+    then re-tokenised; validation, train_eval, test and predict never see this class.
+
+    `features` and `lengths` stay the plain encodings (length grouping and the train_eval
+    subset read them); `__getitem__` returns an augmented example's new tokens with its
+    label. The augmentation of example i in epoch e depends on (seed, e, i) only, so a
+    resumed run replays it exactly; the loop calls `set_epoch` before each epoch.
+    """
+
+    def __init__(
+        self,
+        plain: EncodedDataset,
+        texts: list[str],
+        settings: EdaSettings,
+        seed: int,
+        tokenize: Callable[[int, str], dict[str, Any]],
+    ) -> None:
+        super().__init__(plain.features, plain.lengths)
+        self.texts, self.settings, self.seed, self.tokenize = texts, settings, seed, tokenize
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def text(self, i: int) -> str:
+        """Example i's text as training sees it this epoch."""
+        return eda(self.texts[i], self.settings, example_rng(self.seed, self.epoch, i))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        text = self.text(i)
+        if text == self.texts[i]:
+            return self.features[i]  # not augmented this epoch: the plain tokens
+        return {**self.features[i], **self.tokenize(i, text)}
 
 
 def _as_label(values: pd.Series) -> list[str]:

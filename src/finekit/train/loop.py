@@ -385,6 +385,8 @@ class Loop:
                 if hasattr(dl, "set_epoch"):
                     dl.set_epoch(p.epoch)
             self.sampler.set_epoch(p.epoch)
+            if hasattr(self.train_data, "set_epoch"):  # e.g. text augmented per epoch
+                self.train_data.set_epoch(p.epoch)
             if p.batches_in_epoch == 0:
                 fire(self.callbacks, "on_epoch_begin", self.state, self.control)
             t0 = time.perf_counter()

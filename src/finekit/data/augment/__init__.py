@@ -1,7 +1,8 @@
-"""Training-time augmentation, one module per modality (image now).
+"""Training-time augmentation, one module per modality (image.py, text.py).
 
 `resolve_augment` turns a recipe's `data.augment` (a preset plus explicit overrides) into
-plain settings; the modality module builds the ops from a well-kept library (kornia).
+plain settings for one modality; the modality module builds the ops (kornia for images,
+EDA for text). `check_augment` says which fields a task and modality cannot use.
 """
 
 from __future__ import annotations
@@ -46,12 +47,71 @@ FIELDS = (
 )
 
 
-def resolve_augment(spec: Any) -> dict[str, Any]:
-    """Preset defaults, then every field the recipe set explicitly."""
-    base = PRESETS[spec.preset]
+# Text presets (EDA, Wei & Zou 2019): the per-word rates (alpha) and the share of training
+# examples augmented. The paper found alpha = 0.1 a good default across set sizes; gains
+# were largest on small sets (500 examples: +3 points), which is where finekit is used.
+TEXT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {
+        "eda_synonym": 0.1,
+        "eda_insert": 0.1,
+        "eda_swap": 0.1,
+        "eda_delete": 0.1,
+        "text_prob": 0.5,
+    },
+    "strong": {
+        "eda_synonym": 0.2,
+        "eda_insert": 0.2,
+        "eda_swap": 0.2,
+        "eda_delete": 0.2,
+        "text_prob": 0.9,
+    },
+}
+TEXT_FIELDS = ("eda_synonym", "eda_insert", "eda_swap", "eda_delete", "text_prob")
+MODALITY_FIELDS = {"image": FIELDS, "text": TEXT_FIELDS}
+MODALITY_PRESETS = {"image": PRESETS, "text": TEXT_PRESETS}
+
+
+def resolve_augment(spec: Any, modality: str = "image") -> dict[str, Any]:
+    """Preset defaults of `modality`, then every field the recipe set explicitly."""
+    base = MODALITY_PRESETS[modality].get(spec.preset, {})
     out: dict[str, Any] = {}
-    for name in FIELDS:
+    for name in MODALITY_FIELDS[modality]:
         value = getattr(spec, name)
         out[name] = base.get(name) if value is None else value
-    out["policy"] = out["policy"] or "none"
+    if modality == "image":
+        out["policy"] = out["policy"] or "none"
     return out
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None and value != 0 and value != "none"
+
+
+def check_augment(spec: Any, task: str, modality: str | None) -> None:
+    """Refuse what the task cannot do, naming the field: text ops on images, image ops on
+    text, and any augmentation for tasks without a modality (causal_lm, chat)."""
+    if modality not in MODALITY_FIELDS:
+        used = [f"preset={spec.preset!r}"] if spec.preset != "none" else []
+        used += [f for f in (*FIELDS, *TEXT_FIELDS) if _is_set(getattr(spec, f))]
+        if used:
+            raise ValueError(
+                f"data.augment.{used[0]}: task {task!r} does not support "
+                f"augmentation (only classify on images or text does); remove data.augment"
+            )
+        return
+    if spec.preset not in MODALITY_PRESETS[modality]:
+        raise ValueError(
+            f"data.augment.preset={spec.preset!r} has no meaning for {modality}; "
+            f"{modality} presets: {', '.join(MODALITY_PRESETS[modality])}"
+        )
+    for other, fields in MODALITY_FIELDS.items():
+        if other == modality:
+            continue
+        for f in fields:
+            if _is_set(getattr(spec, f)):
+                raise ValueError(
+                    f"data.augment.{f} is for {other} data; task {task!r} on "
+                    f"{modality} data cannot use it ({modality} fields: "
+                    f"{', '.join(MODALITY_FIELDS[modality])})"
+                )
