@@ -35,6 +35,21 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- model
+class DropoutSpec(Section):
+    """Dropout rates set in the model's config at load (None = keep the checkpoint's).
+
+    Each maps to the fields the architecture has (BERT: hidden_dropout_prob /
+    attention_probs_dropout_prob / classifier_dropout; GPT-2: resid_pdrop, embd_pdrop /
+    attn_pdrop; DistilBERT: dropout / attention_dropout / seq_classif_dropout; the carried
+    EfficientNet-Lite: classifier = `dropout` before its head). A rate the model has no
+    field for is an error. More dropout regularises small data sets (0.1 -> 0.2-0.3).
+    """
+
+    hidden: float | None = Field(None, ge=0.0, lt=1.0)
+    attention: float | None = Field(None, ge=0.0, lt=1.0)
+    classifier: float | None = Field(None, ge=0.0, lt=1.0)
+
+
 class ModelSpec(Section):
     """Which pre-trained model to start from."""
 
@@ -50,6 +65,8 @@ class ModelSpec(Section):
     init: Literal["pretrained", "scratch"] = "pretrained"
     # Weights dtype at load. fp32 master weights + autocast is the stable default for training.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Dropout overrides applied to the config before the modules are built.
+    dropout: DropoutSpec = Field(default_factory=lambda: DropoutSpec())
 
 
 # --------------------------------------------------------------------------- task / method

@@ -41,6 +41,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from finekit.errors import ModelError
 from finekit.models.base import LayerGroups, LoadedModel, register_family
+from finekit.models.dropout import dropout_updates
 from finekit.models.resolve import resolve_model_path
 from finekit.models.vision import ImagePreprocessor
 from finekit.recipe import ModelSpec
@@ -412,6 +413,10 @@ class EfficientNetLiteFamily:
             config = EfficientNetLiteConfig.from_dict(
                 {**ckpt_config.to_dict(), "num_labels": head.num_labels, "id2label": id2label}
             )
+        # model.dropout: only the classifier has one (`dropout` before `_fc`).
+        updates = dropout_updates(spec.dropout, config, FAMILY, {"classifier": ("dropout",)})
+        if updates:
+            config = EfficientNetLiteConfig.from_dict({**config.to_dict(), **updates})
         model = EfficientNetLiteForImageClassification(config)
         if pretrained:
             layout = f"the carried {ARCHITECTURE} layout" if bare else f"its {CONFIG_FILE}"

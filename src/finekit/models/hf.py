@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from finekit.errors import ModelError
+from finekit.errors import ModelError, RecipeError
 from finekit.models.base import LayerGroups, LoadedModel, register_family
+from finekit.models.dropout import dropout_updates
 from finekit.models.resolve import resolve_model_path
 from finekit.recipe import ModelSpec
 from finekit.tasks.base import HeadSpec
@@ -79,18 +80,26 @@ class HFFamily:
         transformers.logging.set_verbosity_error()
         try:
             processor = self._processor(path, head, common)
+            config = None
+            if not pretrained or any(v is not None for v in spec.dropout.model_dump().values()):
+                config = AutoConfig.from_pretrained(path, **self._head_kwargs(head), **common)
+                # model.dropout: set on the config, before the dropout modules are built.
+                model_type = getattr(config, "model_type", type(config).__name__)
+                for name, rate in dropout_updates(spec.dropout, config, model_type, None).items():
+                    setattr(config, name, rate)
             if pretrained:
                 model = auto.from_pretrained(
                     path,
                     dtype=DTYPES[spec.dtype],
                     ignore_mismatched_sizes=not exact,
-                    **self._head_kwargs(head),
+                    **({"config": config} if config is not None else self._head_kwargs(head)),
                     **common,
                 )
             else:
-                config = AutoConfig.from_pretrained(path, **self._head_kwargs(head), **common)
                 model = auto.from_config(config, trust_remote_code=spec.trust_remote_code)
                 model.to(DTYPES[spec.dtype])
+        except RecipeError:
+            raise  # a dropout override the architecture has no field for
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(
                 f"model.path {spec.path!r} could not be loaded as {HEADS[head.kind][0]}: "
