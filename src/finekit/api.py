@@ -21,7 +21,8 @@ from finekit.evaluate.retention import EmbeddingRetention, encoder_of, reference
 from finekit.evaluate.slices import check_slice_columns, slice_alarms
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method, freeze_batchnorm_stats
-from finekit.methods.regularisers import L2SP
+from finekit.methods.regularisers import EWC, L2SP
+from finekit.methods.replay import ReplayMix, read_replay
 from finekit.models import family_for
 from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
 from finekit.recipe import Recipe, deep_merge
@@ -120,6 +121,7 @@ class _Setup:
     groups: LayerGroups
     method: Method
     model: nn.Module
+    replay: Any = None  # data.replay rows (a DataFrame), read and checked by the task
 
 
 def _setup(r: Recipe) -> _Setup:
@@ -127,6 +129,7 @@ def _setup(r: Recipe) -> _Setup:
     task = build_task(r.task)
     prepared = task.prepare(read_splits(r.data), r)
     check_slices(r, prepared)
+    replay = read_replay(r.data, task) if r.data.replay is not None else None
     family = family_for(r.model)
     resolve_precision(r.training.precision, detect_device_type())
     if r.evaluation.retention != "off":
@@ -140,7 +143,7 @@ def _setup(r: Recipe) -> _Setup:
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
     if r.training.frozen_bn == "eval":
         freeze_batchnorm_stats(model)
-    return _Setup(task, prepared, family, loaded, groups, method, model)
+    return _Setup(task, prepared, family, loaded, groups, method, model, replay)
 
 
 def check_slices(r: Recipe, prepared: Prepared) -> None:
@@ -190,11 +193,19 @@ def _run(
     monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
     builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
     method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
-    regularisers = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
+    regularisers: list[Any] = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
     accelerator = make_accelerator(r.training)
     # Optional task hook: the base model's scores before any step (e.g. perplexity), merged
     # into the final metrics as `<name>_before` beside `<name>_after`.
     baseline_hook = getattr(task, "baseline", None)
+    if r.training.ewc:  # the base model's Fisher, on the training device, before any step
+        model.to(accelerator.device)
+        ewc = _ewc(r, r.training.ewc, task, model, groups, loaded.processor, encoded["train"])
+        regularisers.append(ewc)
+    train_data = encoded["train"]
+    if setup.replay is not None and r.data.replay is not None:
+        pool = task.encode(setup.replay, loaded.processor, "replay")
+        train_data = ReplayMix(train_data, pool, r.data.replay.ratio)
     before: dict[str, dict[str, Any]] = {}
     if baseline_hook is not None:
         model.to(accelerator.device)  # prepare() would move it anyway
@@ -209,7 +220,7 @@ def _run(
         task,
         model,
         groups,
-        encoded["train"],
+        train_data,
         encoded.get("validation"),
         task.collator(loaded.processor),
         r.training,
@@ -326,11 +337,23 @@ def _run(
                     "num_processes": summary.num_processes,
                     "resumed_from": summary.resumed_from,
                 },
-                "data": {**prepared.info, "truncation": getattr(task, "truncation", {})},
+                "data": {
+                    **prepared.info,
+                    "truncation": getattr(task, "truncation", {}),
+                    **(
+                        {"replay": train_data.summary(rd.path, rd.ratio, summary.epochs)}
+                        if isinstance(train_data, ReplayMix) and (rd := r.data.replay)
+                        else {}
+                    ),
+                },
                 "retention": retention_summary,
                 "early_stopping": stopper.summary(),
                 "regularisers": {
-                    reg.name: {"alpha": reg.alpha, "distance_to_base": reg.distance()}
+                    reg.name: {
+                        "alpha": reg.alpha,
+                        "distance_to_base": reg.distance(),
+                        **getattr(reg, "info", {}),
+                    }
                     for reg in regularisers
                 },
                 "restored_best": best,
@@ -403,6 +426,30 @@ def _retention(r: Recipe, model: nn.Module, processor: Any, task: Task | None = 
 def _subset(data: EncodedDataset, n: int, seed: int) -> EncodedDataset | None:
     """A fixed, seeded subset of the training data for the train/validation gap (the
     plain `features`: never augmented)."""
+def _ewc(
+    r: Recipe,
+    alpha: float,
+    task: Task,
+    model: nn.Module,
+    groups: LayerGroups,
+    processor: Any,
+    train: Any,
+) -> EWC:
+    """EWC toward the base weights, its Fisher from `training.ewc_batches` batches of the
+    task's `fisher_data(processor, recipe)` if it has that hook (e.g. general English for
+    causal LMs), else of a seeded subset of the training data."""
+    hook = getattr(task, "fisher_data", None)
+    data, source = (hook(processor, r), f"{task.name}.fisher_data") if hook else (train, "train")
+    n = r.training.ewc_batches * r.training.batch_size
+    ref = _subset(data, n, r.training.seed)
+    ref = data if ref is None else ref
+    collate, bs = task.collator(processor), r.training.batch_size
+    batches = (
+        collate([ref[j] for j in range(i, min(i + bs, len(ref)))]) for i in range(0, len(ref), bs)
+    )
+    return EWC(model, alpha, groups, task.loss, batches, source)
+
+
     if n <= 0 or len(data) == 0:
         return None
     g = torch.Generator().manual_seed(seed)

@@ -124,6 +124,20 @@ class AugmentSpec(Section):
         return any(v for k, v in a.items() if k != "policy") or a["policy"] != "none"
 
 
+class ReplaySpec(Section):
+    """Rehearsal: mix examples of a general corpus or an earlier task into training.
+
+    The file is read like `data.train` (same columns, same label set for classify, plain
+    text for causal_lm) and a fresh seeded draw of it makes up `ratio` of each epoch.
+    """
+
+    path: str
+    ratio: float = Field(gt=0.0, lt=1.0)  # share of each epoch's examples (0.1-0.3 is usual)
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf", "npz", "images", "text"] = (
+        "auto"
+    )
+
+
 class DataSpec(Section):
     """Where the examples come from and which columns mean what."""
 
@@ -166,6 +180,8 @@ class DataSpec(Section):
     hf_splits: dict[str, str] = Field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
     )
+    # Replay against forgetting: {path, ratio}; None = train on data.train alone.
+    replay: ReplaySpec | None = None
 
 
 # --------------------------------------------------------------------------- training
@@ -187,6 +203,10 @@ class TrainingSpec(Section):
     layer_decay: float | None = Field(None, gt=0, le=1.0)
     # L2-SP: alpha/2 * ||w - w_pretrained||^2 on the body (0.01-1 is usual); None = off.
     l2sp: float | None = Field(None, gt=0)
+    # EWC (Kirkpatrick et al. 2017): alpha/2 * sum F_i (w_i - w0_i)^2 with F the base
+    # model's diagonal Fisher, normalised to mean 1 (so alpha is on L2-SP's scale); None = off.
+    ewc: float | None = Field(None, gt=0)
+    ewc_batches: int = Field(16, ge=1)  # reference batches the Fisher is estimated on
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of optimizer steps
     weight_decay: float = Field(0.01, ge=0.0)  # AdamW; never applied to norms and biases
@@ -209,6 +229,15 @@ class TrainingSpec(Section):
     # BatchNorm layers whose parameters are frozen: "eval" keeps their pre-trained running
     # statistics (the usual choice for small data); "train" re-estimates them per batch.
     frozen_bn: Literal["eval", "train"] = "eval"
+
+    @model_validator(mode="after")
+    def _one_pull_to_base(self) -> TrainingSpec:
+        if self.l2sp is not None and self.ewc is not None:
+            raise ValueError(
+                "training.l2sp and training.ewc both pull the body toward the pre-trained "
+                "weights; pick one (ewc weighs each weight by its Fisher, l2sp uniformly)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- evaluation

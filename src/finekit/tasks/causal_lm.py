@@ -232,6 +232,18 @@ class CausalLMTask:
 
     # ------------------------------------------------------------------ inference
     def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
+    def reference_data(self, processor: Any, reference: str | None) -> EncodedDataset:
+        """General English (finekit's reference or the user's file) as evaluation blocks."""
+        texts, _ = reference_sentences(reference)
+        df = pd.DataFrame({self.text_column: ["\n".join(texts)]})
+        data = self.encode(df, processor, "reference")
+        self.counts.pop("reference", None)  # not a data split
+        return data
+
+    def fisher_data(self, processor: Any, recipe: Recipe) -> EncodedDataset:
+        """EWC's reference set (`training.ewc`): general English, the skill to keep."""
+        return self.reference_data(processor, recipe.evaluation.retention_reference)
+
         self._check(df, source)
         return df
 
@@ -372,9 +384,7 @@ class GeneralPerplexity:
     ) -> None:
         self.task, self.processor, self.batch_size = task, processor, batch_size
         self.texts, self.source = reference_sentences(reference)
-        df = pd.DataFrame({task.text_column: ["\n".join(self.texts)]})
-        self.data = task.encode(df, processor, "reference")
-        task.counts.pop("reference", None)  # not a data split
+        self.data = task.reference_data(processor, reference)
         self.before = {"general_perplexity": self._score(model)}
 
     def _score(self, model: nn.Module) -> float:

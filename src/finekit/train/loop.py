@@ -59,24 +59,30 @@ class EpochSampler(Sampler[int]):
         seed: int,
         group_by_length: bool,
         weights: list[float] | None = None,
+        replay: tuple[int, int] | None = None,
     ):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.group_by_length = group_by_length
         # Per-example draw weights (balanced sampling): an epoch is len(data) draws with
         # replacement, so rare classes are seen about as often as common ones.
         self.weights = torch.tensor(weights, dtype=torch.double) if weights else None
+        # Replay (n_train, per_epoch): indices from n_train on are a pool of which each
+        # epoch draws per_epoch (methods/replay.py), mixed into the training examples.
+        self.replay = replay
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return sum(self.replay) if self.replay else len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.weights is not None:
+        if self.replay is not None:
+            yield from self._with_replay(g)
+        elif self.weights is not None:
             yield from torch.multinomial(
                 self.weights, len(self.lengths), replacement=True, generator=g
             ).tolist()
@@ -86,6 +92,29 @@ class EpochSampler(Sampler[int]):
             yield from LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=g)
         else:
             yield from torch.randperm(len(self.lengths), generator=g).tolist()
+
+    def _with_replay(self, g: torch.Generator) -> Iterator[int]:
+        """Every training example (or balanced draws) + per_epoch pool examples, drawn
+        without replacement while the pool lasts, all shuffled together."""
+        assert self.replay is not None
+        n, k = self.replay
+        pool = len(self.lengths) - n
+        picks: list[int] = []
+        while len(picks) < k:
+            picks += torch.randperm(pool, generator=g)[: k - len(picks)].tolist()
+        if self.weights is not None:
+            own = torch.multinomial(self.weights[:n], n, replacement=True, generator=g).tolist()
+        else:
+            own = list(range(n))
+        idx = own + [n + j for j in picks]
+        lengths = [self.lengths[i] for i in idx]
+        if self.group_by_length and len(set(lengths)) > 1:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            order = list(LengthGroupedSampler(self.batch_size, lengths=lengths, generator=g))
+        else:
+            order = torch.randperm(len(idx), generator=g).tolist()
+        yield from (idx[i] for i in order)
 
 
 def param_groups(model: nn.Module, spec: TrainingSpec, groups: LayerGroups) -> list[dict]:
@@ -186,6 +215,7 @@ class Loop:
             spec.seed,
             spec.group_by_length,
             getattr(train_data, "sample_weights", None),
+            getattr(train_data, "replay", None),  # methods/replay.py: ReplayMix
         )
         loader = DataLoader(
             train_data,
