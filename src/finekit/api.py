@@ -195,9 +195,6 @@ def _run(
     method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
     regularisers: list[Any] = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
     accelerator = make_accelerator(r.training)
-    # Optional task hook: the base model's scores before any step (e.g. perplexity), merged
-    # into the final metrics as `<name>_before` beside `<name>_after`.
-    baseline_hook = getattr(task, "baseline", None)
     if r.training.ewc:  # the base model's Fisher, on the training device, before any step
         model.to(accelerator.device)
         ewc = _ewc(r, r.training.ewc, task, model, groups, loaded.processor, encoded["train"])
@@ -206,6 +203,9 @@ def _run(
     if setup.replay is not None and r.data.replay is not None:
         pool = task.encode(setup.replay, loaded.processor, "replay")
         train_data = ReplayMix(train_data, pool, r.data.replay.ratio)
+    # Optional task hook: the base model's scores before any step (e.g. perplexity), merged
+    # into the final metrics as `<name>_before` beside `<name>_after`.
+    baseline_hook = getattr(task, "baseline", None)
     before: dict[str, dict[str, Any]] = {}
     if baseline_hook is not None:
         model.to(accelerator.device)  # prepare() would move it anyway
@@ -423,9 +423,6 @@ def _retention(r: Recipe, model: nn.Module, processor: Any, task: Task | None = 
         return None
 
 
-def _subset(data: EncodedDataset, n: int, seed: int) -> EncodedDataset | None:
-    """A fixed, seeded subset of the training data for the train/validation gap (the
-    plain `features`: never augmented)."""
 def _ewc(
     r: Recipe,
     alpha: float,
@@ -450,6 +447,9 @@ def _ewc(
     return EWC(model, alpha, groups, task.loss, batches, source)
 
 
+def _subset(data: EncodedDataset, n: int, seed: int) -> EncodedDataset | None:
+    """A fixed, seeded subset of the training data for the train/validation gap (the
+    plain `features`: never augmented)."""
     if n <= 0 or len(data) == 0:
         return None
     g = torch.Generator().manual_seed(seed)

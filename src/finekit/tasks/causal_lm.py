@@ -230,8 +230,6 @@ class CausalLMTask:
             recipe.training.eval_batch_size,
         )
 
-    # ------------------------------------------------------------------ inference
-    def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
     def reference_data(self, processor: Any, reference: str | None) -> EncodedDataset:
         """General English (finekit's reference or the user's file) as evaluation blocks."""
         texts, _ = reference_sentences(reference)
@@ -244,6 +242,8 @@ class CausalLMTask:
         """EWC's reference set (`training.ewc`): general English, the skill to keep."""
         return self.reference_data(processor, recipe.evaluation.retention_reference)
 
+    # ------------------------------------------------------------------ inference
+    def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
         self._check(df, source)
         return df
 
