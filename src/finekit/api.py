@@ -137,6 +137,9 @@ def _setup(r: Recipe) -> _Setup:
     set_seed(r.training.seed)  # the new head's (or a scratch model's) initialisation
     loaded = family.load(r.model, task.head(), pretrained=r.model.init == "pretrained")
     check_max_length(loaded.model, r.training.max_length)
+    block = getattr(r.task, "block_size", None)  # LM tasks: tokens per block
+    if block is not None:
+        check_max_length(loaded.model, block, field="task.block_size")
     groups = family.layer_groups(loaded.model)
     method = build_method(r.method)
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
@@ -156,12 +159,12 @@ def check_slices(r: Recipe, prepared: Prepared) -> None:
             check_slice_columns(df, [col], prepared.splits.sources.get(s, s))
 
 
-def check_max_length(model: Any, max_length: int) -> None:
+def check_max_length(model: Any, max_length: int, field: str = "training.max_length") -> None:
     """Position embeddings bound the input length: say so before an IndexError mid-run."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and max_length > limit:
         raise RecipeError(
-            f"training.max_length={max_length} exceeds the model's max_position_embeddings "
+            f"{field}={max_length} exceeds the model's max_position_embeddings "
             f"({limit}); allowed: 8..{limit}"
         )
 

@@ -82,8 +82,8 @@ class Lora:
             targets = conv_targets(model, ctx.groups.head) or targets
         task_type = PEFT_TASK_TYPES.get(ctx.head.kind)
         # A new, random head must train fully and be saved with the adapter; an LM head
-        # is pre-trained (and often tied to the embeddings): it stays frozen.
-        new_head = ctx.head.kind != "causal-lm"
+        # (causal or masked) is pre-trained and tied to the embeddings: it stays frozen.
+        new_head = ctx.head.kind not in ("causal-lm", "masked-lm")
         peft_cfg = PeftLoraConfig(
             r=rank,
             lora_alpha=cfg.alpha,

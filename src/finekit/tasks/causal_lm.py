@@ -50,6 +50,8 @@ class CausalLMTask:
 
     name = "causal_lm"
     metric_names: tuple[str, ...] = METRICS
+    general_key = "general_perplexity"  # the retention measure's name in run.json
+    perplexity_note = "Perplexity = exp(mean next-token NLL), token-weighted."
 
     def __init__(self, config: CausalLMConfig) -> None:
         self.config = config
@@ -297,14 +299,14 @@ class CausalLMTask:
                 b, a = m["perplexity_before"], m.get("perplexity_after", m.get("perplexity"))
                 rows.append([split, _fmt(b), _fmt(a), _change(b, a)])
         ret = run.get("retention") or {}
-        if "general_perplexity_before" in ret:
-            b, a = ret["general_perplexity_before"], ret["general_perplexity_after"]
+        if f"{self.general_key}_before" in ret:
+            b, a = ret[f"{self.general_key}_before"], ret[f"{self.general_key}_after"]
             rows.append(["general English (reference)", _fmt(b), _fmt(a), _change(b, a)])
         if not rows:
             return []
         data = run.get("data") or {}
         note = (
-            f"<p class=muted>Perplexity = exp(mean next-token NLL), token-weighted; blocks of "
+            f"<p class=muted>{self.perplexity_note} Blocks of "
             f"{esc(data.get('block_size'))} tokens. Lower is better: the domain split should "
             "fall; a large rise on general English is forgetting.</p>"
         )
