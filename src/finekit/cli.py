@@ -116,6 +116,10 @@ def train(
     lr: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
     batch_size: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
     k_per_class: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
+    seeds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Run N seeds into OUTPUT/seed-<s>/; mean ± std in seeds.json"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fine-tune: from a recipe file, or from flags for the common case."""
@@ -145,6 +149,13 @@ def train(
         recipe = recipe or resume / RECIPE
         sections.setdefault("output", {})["dir"] = str(resume)
     r = _build_recipe(recipe, set_, sections)
+    if seeds is not None:
+        from finekit.evaluate.seeds import finetune_seeds
+
+        if resume is not None:
+            raise RecipeError("--seeds resumes by itself: rerun the same command without --resume")
+        finetune_seeds(r, seeds, echo=typer.echo)
+        return
     result = finetune(r, resume=resume is not None)
     _print_result(result)
 

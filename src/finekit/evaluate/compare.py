@@ -218,8 +218,6 @@ def compare(
 ) -> dict[str, Any]:
     """Run (or finish) the ladder; write compare.json, learning curves and the report.
     Small sizes train for at least `min_steps` optimizer steps (epochs raised)."""
-    from finekit.api import finetune
-
     if seeds < 1:
         raise RecipeError("--seeds must be >= 1")
     out = Path(output)
@@ -255,17 +253,8 @@ def compare(
             else total_train
         )
         r = rung_recipe(recipe, rung, size, seed, run_dir, classes, n_train, min_steps)
-        done = is_run_dir(run_dir) and read_json(run_dir / "run.json").get("status") == "completed"
         tag = f"[{i}/{len(cells)}] {rung:<13} size={size!s:<5} seed={seed}"
-        if done:
-            echo(f"{tag}: done before, skipped")
-        else:
-            resume = is_run_dir(run_dir)
-            echo(f"{tag}: {'resuming' if resume else 'training'} ...")
-            t0 = time.perf_counter()
-            finetune(r, resume=resume)
-            echo(f"{tag}: {time.perf_counter() - t0:.0f} s")
-        run = read_json(run_dir / "run.json")
+        run = run_or_skip(r, run_dir, tag, echo)
         runs.append(
             {
                 "rung": rung,
@@ -282,6 +271,32 @@ def compare(
 
     compare_report(out)
     return result
+
+
+def run_or_skip(r: Recipe, run_dir: Path, tag: str, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """Train `r` into `run_dir` unless a completed run is there (an interrupted one
+    resumes); its run.json."""
+    from finekit.api import finetune
+
+    done = is_run_dir(run_dir) and read_json(run_dir / "run.json").get("status") == "completed"
+    if done:
+        echo(f"{tag}: done before, skipped")
+    else:
+        resume = is_run_dir(run_dir)
+        echo(f"{tag}: {'resuming' if resume else 'training'} ...")
+        t0 = time.perf_counter()
+        finetune(r, resume=resume)
+        echo(f"{tag}: {time.perf_counter() - t0:.0f} s")
+    return read_json(run_dir / "run.json")
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (n - 1; 0 for a single value) and the values."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def aggregate(
@@ -317,9 +332,7 @@ def aggregate(
                     "rung": rung,
                     "method": meth,
                     "size": size,
-                    "mean": statistics.fmean(vals),
-                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                    "values": vals,
+                    **spread(vals),
                     "seeds": [x["seed"] for x in group],
                     "train_examples": statistics.fmean(
                         x["run"]["data"]["rows"]["train"] for x in group
