@@ -227,12 +227,22 @@ def test_a_training_run_augments_every_training_fetch_and_never_evaluation(
         return out
 
     monkeypatch.setattr(classify, "eda", spy)
+    epochs: list[int] = []
+    set_epoch = classify.AugmentedTexts.set_epoch
+
+    def record(self, epoch: int) -> None:  # noqa: ANN001
+        epochs.append(epoch)
+        set_epoch(self, epoch)
+
+    monkeypatch.setattr(classify.AugmentedTexts, "set_epoch", record)
     r = _augmented(tiny_recipe).with_overrides({"training.epochs": 2})
     result = finetune(r)
     n_train = result.summary["data"]["rows"]["train"]
     # One draw per training example per epoch: validation (each epoch), train_eval and the
     # final test evaluation of the exported model never go through augmentation.
     assert len(calls) == 2 * n_train
+    # The loop (and accelerate's loader) tell the training set each epoch: new draws.
+    assert sorted(set(epochs)) == [0, 1] and epochs == sorted(epochs)
     assert sum(a != b for a, b in calls) > 0.6 * len(calls)
     assert result.summary["data"]["augment"]["preset"] == "light"
 
