@@ -160,6 +160,26 @@ def train(
     _print_result(result)
 
 
+@app.command()
+def pretrain(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
+    set_: SetOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run directory")] = None,  # noqa: UP045
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory")] = None,  # noqa: UP045
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train the recipe's architecture from random initialisation (model.init=scratch):
+    the same config, tokenizer, task and loop, no pre-trained weights — the baseline that
+    shows what pre-training was worth (for LMs, pre-training from scratch)."""
+    train(
+        recipe=recipe,
+        set_=[*(set_ or []), "model.init=scratch"],
+        output=output,
+        resume=resume,
+        verbose=verbose,
+    )
+
+
 def _print_result(result: Any) -> None:
     typer.echo(f"run directory : {result.run_dir}")
     typer.echo(f"model         : {result.model_dir}")

@@ -7,6 +7,7 @@ Rules (`evaluation.rules`) are house-style checks every reply should pass.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -42,14 +43,19 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def rouge_l(pred: str, ref: str) -> float:
-    """ROUGE-L F-measure (`rouge-score`, no stemming)."""
+@functools.cache
+def _rouge_scorer() -> Any:
+    """One scorer per process (building one logs a line through absl each time)."""
     try:
         from rouge_score import rouge_scorer
     except ImportError as e:  # pragma: no cover - an install problem, not a data one
         raise RecipeError("generation metrics need rouge-score: pip install 'finekit[lm]'") from e
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return float(scorer.score(ref, pred)["rougeL"].fmeasure)
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F-measure (`rouge-score`, no stemming)."""
+    return float(_rouge_scorer().score(ref, pred)["rougeL"].fmeasure)
 
 
 def check_rules(reply: str, rules: Any) -> dict[str, bool]:
