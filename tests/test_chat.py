@@ -196,36 +196,83 @@ def test_overlong_conversations_are_truncated_and_counted(tiny_chat: Path) -> No
     assert len(ds) == 2 and all(len(f["input_ids"]) <= 20 for f in ds.features)
 
 
-def test_packing_is_refused() -> None:
-    r = Recipe.from_dict(
-        {
-            "model": "x",
-            "task": {"name": "chat", "packing": True},
-            "data": {"train": "x.jsonl"},
-            "evaluation": {"metric": "loss"},
-        }
-    )
-    splits = Splits(train=_frame([_conv("hi")] * 4), sources={"train": "x.jsonl"})
-    with pytest.raises(RecipeError, match="task.packing"):
-        ChatTask(r.task).prepare(splits, r)  # type: ignore[arg-type]
+def test_packing_rows_restart_positions_and_never_target_a_boundary(tiny_chat: Path) -> None:
+    tok = _tok(tiny_chat)
+    task = _task(packing=True)
+    task.max_length = 64
+    rows = task.conversations(_frame([_conv(q) for q in QUESTIONS[:6]]), "toy")
+    plain = _task().encode(rows, tok, "train")
+    packed = task.encode(rows, tok, "train")
+    assert len(packed) < len(plain) and all(len(f["input_ids"]) <= 64 for f in packed.features)
+    assert task.counts["train"]["packed_rows"] == len(packed)
+    # Every conversation is in a row, in order, with its own positions and its own targets
+    # (the first token of each, the boundary, is never a target).
+    flat = [
+        (f["input_ids"][k], f["labels"][k], f["position_ids"][k])
+        for f in packed.features
+        for k in range(len(f["input_ids"]))
+    ]
+    k = 0
+    for f in plain.features:
+        n = len(f["input_ids"])
+        ids, labels, pos = zip(*flat[k : k + n], strict=True)
+        assert list(ids) == f["input_ids"] and list(pos) == list(range(n))
+        assert labels[0] == IGNORE and list(labels[1:]) == f["labels"][1:]
+        k += n
+    assert k == len(flat)
+    batch = task.collator(tok)(packed.features[:2])
+    assert "position_ids" in batch and batch["position_ids"].shape == batch["input_ids"].shape
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_flattening_crosses_sequences_on_cpu_attention(tiny_chat: Path, attention: str) -> None:
-    """Why packing is refused: DataCollatorWithFlattening restarts position_ids, but
-    sdpa/eager attention ignore them, so the second packed sequence sees the first."""
-    from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
+def test_packed_conversations_do_not_see_each_other(tiny_chat: Path, attention: str) -> None:
+    """Packed rows give each conversation exactly the loss it has alone: positions restart
+    and, with no 2-D mask and no cache, transformers builds the block-diagonal causal mask
+    (with the default cache it would not: the second sequence would see the first)."""
+    from transformers import AutoModelForCausalLM
+
+    from finekit.tasks.causal_lm import token_nll
+    from finekit.tasks.chat import check_packing
 
     model = AutoModelForCausalLM.from_pretrained(tiny_chat, attn_implementation=attention).eval()
-    a, b = [5, 6, 7, 8, 9], [10, 11, 12, 13]
-    batch = DataCollatorWithFlattening()([{"input_ids": a}, {"input_ids": b}])
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
+    check_packing(model)  # the pre-flight passes on this model
+    tok = _tok(tiny_chat)
+    task = _task(packing=True)
+    rows = task.conversations(_frame([_conv(q) for q in QUESTIONS[:4]]), "toy")
+    packed = task.encode(rows, tok, "train")
+    plain = _task().encode(rows, tok, "train")
+    assert len(packed) == 1  # all four share one row
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        alone_a = model(input_ids=torch.tensor([a])).logits[0]
-        alone_b = model(input_ids=torch.tensor([b])).logits[0]
-    assert torch.allclose(packed[:5], alone_a, atol=1e-5)  # the first sequence is unaffected
-    assert not torch.allclose(packed[5:], alone_b, atol=1e-3)  # the second one is not
+        nll_packed, n_packed = token_nll(model, task.collator(tok)(packed.features))
+        alone = [token_nll(model, task.collator(tok)([f])) for f in plain.features]
+    assert int(n_packed.sum()) == sum(int(n.sum()) for _, n in alone)
+    total_alone = sum(float(x.sum()) for x, _ in alone)
+    assert float(nll_packed.sum()) == pytest.approx(total_alone, rel=1e-5)
+    # The same row with the cache on (the default) leaks across conversations.
+    ids = task.collator(tok)(packed.features)
+    with torch.no_grad():
+        leaky = model(input_ids=ids["input_ids"], position_ids=ids["position_ids"]).logits
+        clean = model(
+            input_ids=ids["input_ids"], position_ids=ids["position_ids"], use_cache=False
+        ).logits
+    assert not torch.allclose(leaky, clean, atol=1e-4)
+
+
+def test_packing_pre_flight_refuses_a_model_that_leaks() -> None:
+    from finekit.tasks.chat import check_packing
+
+    class Leaky(torch.nn.Module):  # ignores position_ids: a running sum over the row
+        config = type("C", (), {"vocab_size": 10})()
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, input_ids, position_ids=None, use_cache=None):  # noqa: ANN001
+            return type("O", (), {"logits": self.emb(input_ids).cumsum(1)})()
+
+    with pytest.raises(ModelError, match="task.packing"):
+        check_packing(Leaky())
 
 
 # --------------------------------------------------------------------------- readers
@@ -468,3 +515,31 @@ def test_smollm2_template_supervises_replies_and_im_end() -> None:
     sup = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE])
     assert sup == "Sure.<|im_end|>Bye!<|im_end|>"
     assert ids.count(tok.eos_token_id) == ids.count(tok.convert_tokens_to_ids("<|im_end|>"))
+
+
+def test_a_packed_run_trains_and_reports_its_rows(tiny_chat: Path, tmp_path: Path) -> None:
+    data = tmp_path / "chats.jsonl"
+    _dataset(data, 60, 0)
+    recipe = {
+        "model": str(tiny_chat),
+        "task": {"name": "chat", "packing": True, "generation_samples": 0},
+        "data": {"train": str(data), "validation_fraction": 0.2},
+        "training": {
+            "max_steps": 20,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "max_length": 128,
+            "checkpoint_each_epoch": False,
+        },
+        "evaluation": {"metric": "loss", "train_eval_samples": 4, "retention": "off"},
+        "output": {"dir": str(tmp_path / "run"), "save_checkpoints": False},
+    }
+    result = finetune(recipe)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    train = run["data"]["tokens"]["train"]
+    assert train["packed_rows"] < train["conversations"] and 0.5 < train["packed_fill"] <= 1.0
+    val = run["metrics"]["validation"]
+    assert val["loss_after"] < 0.7 * val["loss_before"]  # evaluation itself is not packed
+    assert run["train"]["tokens_seen"] > 0

@@ -355,7 +355,13 @@ class BlockCollator:
 def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token NLL and scored-token counts, in fp32 (log-softmax
     over a 50k vocabulary loses bits in bf16). Labels -100 are ignored."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if "position_ids" in batch:  # packed rows: positions restart per sequence, and with no
+        # 2-D mask and no cache transformers builds the block-diagonal causal mask from them
+        logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     logits = logits[:, :-1].float()
     nll = F.cross_entropy(

@@ -88,7 +88,10 @@ class ChatConfig(TaskConfig):
     default_template: Literal["none", "chatml"] = "none"
     # A conversation with an empty assistant reply or no reply: fail, or skip and count it.
     on_bad_conversation: Literal["error", "skip"] = "error"
-    # Not supported: sdpa/eager attention would cross packed conversations (RecipeError).
+    # Pack short training conversations into rows of up to training.max_length tokens
+    # (fewer, fuller rows: less padding). Each keeps its own positions (position_ids restart)
+    # and attends only to itself: transformers builds the block-diagonal causal mask from the
+    # restarts (checked on the real model before training). Evaluation is never packed.
     packing: bool = False
     max_new_tokens: int = Field(64, ge=1, le=4096)  # greedy reply length (eval, predict)
     generation_samples: int = Field(32, ge=0)  # held-out conversations answered per split
@@ -111,7 +114,7 @@ class ChatTask:
         self.heldout: dict[str, pd.DataFrame] = {}  # split -> conversations (generation eval)
         self.skipped: dict[str, dict[str, int]] = {}
         self.truncation: dict[str, dict[str, int]] = {}
-        self.counts: dict[str, dict[str, int]] = {}
+        self.counts: dict[str, dict[str, Any]] = {}
         self._shown = False
         self._samples: list[dict[str, Any]] = []  # last generation_metrics replies
 
@@ -126,17 +129,6 @@ class ChatTask:
             raise RecipeError(
                 f"evaluation.metric={recipe.evaluation.metric!r} is not a chat metric; "
                 f"allowed: {', '.join(self.metric_names)}"
-            )
-        if self.config.packing:
-            # Checked with transformers 5.24 (tests/test_chat.py): DataCollatorWithFlattening
-            # restarts position_ids per sequence, but the SDPA and eager attention of Llama
-            # ignore them, so a packed sequence attends to the one before it. Only
-            # flash-attention (varlen) honours the boundaries; finekit does not select it.
-            raise RecipeError(
-                "task.packing: packing conversations into shared rows is not supported: with "
-                "the sdpa/eager attention finekit uses, a packed conversation would attend to "
-                "the previous one (only flash_attention_2 keeps the boundaries); set "
-                "task.packing: false (the default; batches use dynamic padding)"
             )
         convs = {s: self.conversations(df, splits.sources.get(s, s), s) for s, df in splits.items()}
         train, val, test = convs["train"], convs.get("validation"), convs.get("test")
@@ -361,6 +353,10 @@ class ChatTask:
             "tokens": tokens,
             "supervised": supervised,
         }
+        if split == "train" and self.config.packing:
+            feats = pack_conversations(feats, self.max_length)
+            self.counts[split]["packed_rows"] = len(feats)
+            self.counts[split]["packed_fill"] = round(tokens / (len(feats) * self.max_length), 4)
         return EncodedDataset(feats, [len(f["input_ids"]) for f in feats])
 
     def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], Batch]:
@@ -423,6 +419,8 @@ class ChatTask:
         held-out split, merged into run.json as `<metric>_before` beside `_after`."""
         from finekit.evaluate.runner import run_outputs
 
+        if self.config.packing:
+            check_packing(model)
         out: dict[str, dict[str, Any]] = {}
         skip = {"tokens", "examples", "generation_samples"}
         for split, data in encoded.items():
@@ -569,7 +567,9 @@ class ChatTask:
 
 
 class ChatCollator:
-    """Right-pads ids and labels (padding: attention 0, label -100)."""
+    """Right-pads ids and labels (padding: attention 0, label -100). Packed rows also get
+    `position_ids` restarting at each conversation (the padding is one more "sequence"
+    starting at 0, after every real token, so nothing real attends to it)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -579,12 +579,66 @@ class ChatCollator:
         ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        packed = any("position_ids" in f for f in features)
+        pos = torch.zeros((len(features), width), dtype=torch.long)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
             ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
             mask[i, :n] = 1
             labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            if packed:
+                pos[i, :n] = torch.as_tensor(f.get("position_ids", range(n)), dtype=torch.long)
+                pos[i, n:] = torch.arange(width - n)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if packed:
+            batch["position_ids"] = pos
+        return batch
+
+
+def pack_conversations(feats: list[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+    """Greedy packing in order: conversations join the current row while it has room.
+    Each row holds `position_ids` restarting at 0 per conversation; the first token of each
+    conversation is never a target (the shifted loss would predict it from the previous
+    conversation's last token)."""
+    rows: list[dict[str, Any]] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for f in feats:
+        n = len(f["input_ids"])
+        if cur["input_ids"] and len(cur["input_ids"]) + n > max_length:
+            rows.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += list(f["input_ids"])
+        cur["labels"] += [IGNORE, *list(f["labels"])[1:]]
+        cur["position_ids"] += list(range(n))
+    if cur["input_ids"]:
+        rows.append(cur)
+    return rows
+
+
+@torch.no_grad()
+def check_packing(model: nn.Module) -> None:
+    """Refuse packing on a model whose attention does not keep packed conversations apart
+    (two short random sequences, packed vs alone, must give the same logits)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 100) or 100)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, vocab, (1, 6), generator=g)
+    b = torch.randint(0, vocab, (1, 5), generator=g)
+    pos = torch.tensor([[*range(6), *range(5)]])
+    try:
+        packed = model(
+            input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False
+        ).logits.float()
+        alone = model(input_ids=b.to(device), use_cache=False).logits.float()
+    finally:
+        model.train(was_training)
+    if not torch.allclose(packed[0, 6:], alone[0], atol=1e-3, rtol=1e-3):
+        raise ModelError(
+            "task.packing: this model's attention lets a packed conversation see the previous "
+            f"one ({type(model).__name__}); set task.packing: false"
+        )
 
 
 def _as_messages(value: Any, where: str) -> list[dict[str, str]]:
