@@ -16,16 +16,25 @@ from torch import nn
 
 from finekit.data.splits import read_splits
 from finekit.errors import RecipeError
+from finekit.evaluate.base_model import LinearProbe, base_view, has_probe, score_rows
+from finekit.evaluate.guards import guard_alarms, read_eval_sets
 from finekit.evaluate.metrics import headline
 from finekit.evaluate.retention import EmbeddingRetention, encoder_of, reference_sentences
-from finekit.evaluate.slices import check_slice_columns, slice_alarms
+from finekit.evaluate.slices import (
+    check_slice_columns,
+    compare_slices,
+    slice_alarms,
+    slice_metrics,
+    task_metric,
+    widened_alarms,
+)
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method, freeze_batchnorm_stats
 from finekit.methods.regularisers import EWC, L2SP
 from finekit.methods.replay import ReplayMix, read_replay
 from finekit.models import family_for
 from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
-from finekit.recipe import Recipe, deep_merge
+from finekit.recipe import RETENTION_METRICS, Recipe, deep_merge
 from finekit.rundir import (
     RUN_JSON,
     TASK_JSON,
@@ -122,14 +131,23 @@ class _Setup:
     method: Method
     model: nn.Module
     replay: Any = None  # data.replay rows (a DataFrame), read and checked by the task
+    # evaluation.edge_cases / evaluation.guard rows by split name, checked by the task
+    eval_sets: dict[str, Any] = field(default_factory=dict)
 
 
 def _setup(r: Recipe) -> _Setup:
     """data -> task -> model -> method, with every input check; writes nothing."""
     task = build_task(r.task)
-    prepared = task.prepare(read_splits(r.data), r)
-    check_slices(r, prepared)
+    raw = read_splits(r.data)
+    # A retention measure as evaluation.metric is checked against the model below; the
+    # task checks (and keeps for slices and guards) its own headline metric.
+    by_retention = r.evaluation.metric in RETENTION_METRICS
+    own = getattr(task, "metric_names", ("accuracy",))[0]
+    as_task = r.with_overrides({"evaluation.metric": own}) if by_retention else r
+    prepared = task.prepare(raw, as_task)
+    check_slices(r, prepared, raw)
     replay = read_replay(r.data, task) if r.data.replay is not None else None
+    eval_sets = read_eval_sets(r, task)  # edge cases and guard sets: bad files fail here
     family = family_for(r.model)
     resolve_precision(r.training.precision, detect_device_type())
     if r.evaluation.retention != "off":
@@ -140,20 +158,59 @@ def _setup(r: Recipe) -> _Setup:
     block = getattr(r.task, "block_size", None)  # LM tasks: tokens per block
     if block is not None:
         check_max_length(loaded.model, block, field="task.block_size")
+    if by_retention:
+        check_retention_metric(r, task, loaded)
     groups = family.layer_groups(loaded.model)
     method = build_method(r.method)
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
     if r.training.frozen_bn == "eval":
         freeze_batchnorm_stats(model)
-    return _Setup(task, prepared, family, loaded, groups, method, model, replay)
+    return _Setup(task, prepared, family, loaded, groups, method, model, replay, eval_sets)
 
 
-def check_slices(r: Recipe, prepared: Prepared) -> None:
+def retention_measures(r: Recipe, task: Task, model: nn.Module, processor: Any) -> list[str]:
+    """The retention measures this run will log per validation (see `_retention`)."""
+    if r.evaluation.retention == "off" or r.model.init != "pretrained":
+        return []
+    if getattr(task, "retention", None) is not None:
+        return [getattr(task, "general_key", "general_perplexity")]
+    if hasattr(processor, "pad_token") and encoder_of(model) is not None:
+        return ["retention_similarity", "retention_cosine"]
+    return []
+
+
+def check_retention_metric(r: Recipe, task: Task, loaded: LoadedModel) -> None:
+    """`evaluation.metric` names a retention measure: the run must have that one."""
+    have = retention_measures(r, task, loaded.model, loaded.processor)
+    if r.evaluation.metric not in have:
+        why = (
+            "model.init is scratch (no base skill to retain)"
+            if r.model.init != "pretrained"
+            else f"this run measures {', '.join(have)}"
+            if have
+            else f"task {task.name!r} with this model has no retention measure"
+        )
+        own = ", ".join(getattr(task, "metric_names", ()))
+        raise RecipeError(
+            f"evaluation.metric={r.evaluation.metric!r}: {why}; allowed: "
+            f"{', '.join([*getattr(task, 'metric_names', ()), *have]) or own}"
+        )
+
+
+def check_slices(r: Recipe, prepared: Prepared, raw: Any = None) -> None:
     """Each `evaluation.slices` column must be in some evaluated split (e.g. the test
-    file); a validation part held out of a training file without it is evaluated whole."""
+    file); a validation part held out of a training file without it is evaluated whole.
+    A task that does not keep other columns with its examples (chat's conversations)
+    cannot be sliced: a RecipeError."""
     evaluated = [(s, df) for s, df in prepared.splits.items() if s != "train"]
     for col in r.evaluation.slices:
+        in_raw = raw is not None and any(col in df.columns for _, df in raw.items())
+        if in_raw and not any(col in df.columns for _, df in prepared.splits.items()):
+            raise RecipeError(
+                f"evaluation.slices: task {r.task.name!r} does not keep column {col!r} with "
+                "its examples, so its metrics cannot be sliced by it; remove evaluation.slices"
+            )
         if evaluated and not any(col in df.columns for _, df in evaluated):
             s, df = evaluated[-1]
             check_slice_columns(df, [col], prepared.splits.sources.get(s, s))
@@ -191,6 +248,7 @@ def _run(
     train_eval = _subset(encoded["train"], r.evaluation.train_eval_samples, r.training.seed)
     ev = r.evaluation
     mode = ev.resolved_mode()
+    slice_metric, higher = task_metric(ev, task)  # slices and guards: the task's own metric
     restore_best = ev.restore_best if ev.restore_best is not None else ev.patience is not None
     stopper = EarlyStopping(ev.metric, mode, ev.patience, ev.min_delta, keep_best=restore_best)
     monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
@@ -206,18 +264,39 @@ def _run(
     if setup.replay is not None and r.data.replay is not None:
         pool = task.encode(setup.replay, loaded.processor, "replay")
         train_data = ReplayMix(train_data, pool, r.data.replay.ratio)
+    # User-given sets (evaluation.edge_cases, evaluation.guard): evaluated like splits.
+    extra = {name: task.encode(df, loaded.processor, name) for name, df in setup.eval_sets.items()}
     # Optional task hook: the base model's scores before any step (e.g. perplexity), merged
     # into the final metrics as `<name>_before` beside `<name>_after`.
     baseline_hook = getattr(task, "baseline", None)
     before: dict[str, dict[str, Any]] = {}
     if baseline_hook is not None:
         model.to(accelerator.device)  # prepare() would move it anyway
-        before = baseline_hook(
-            model,
-            loaded.processor,
-            {s: e for s, e in encoded.items() if s != "train"},
-            r.training.eval_batch_size,
-        )
+        with base_view(model):  # e.g. prompt tuning's virtual tokens are not the base
+            before = baseline_hook(
+                model,
+                loaded.processor,
+                {**{s: e for s, e in encoded.items() if s != "train"}, **extra},
+                r.training.eval_batch_size,
+            )
+    model.to(accelerator.device)
+    base_slices, probe = _base_model_scores(
+        r,
+        task,
+        model,
+        groups,
+        loaded.processor,
+        encoded,
+        {**{s: df for s, df in splits.items() if s != "train"}, **setup.eval_sets},
+        extra,
+    )
+    if probe is not None:  # classifiers: the linear probe's numbers as "before"
+        for name, data in {**{s: e for s, e in encoded.items() if s != "train"}, **extra}.items():
+            m = task.metrics(probe.outputs(data))
+            before[name] = {
+                "baseline": probe.kind,
+                **{f"{k}_before": m[k] for k in getattr(task, "metric_names", ()) if k in m},
+            }
     retention = _retention(r, model, loaded.processor, task)
     loop = Loop(
         task,
@@ -282,12 +361,13 @@ def _run(
         from finekit.serve.predict import load_run
 
         exported = load_run(run_dir, device=str(accelerator.device))
-        for split, df in splits.items():
+        sources = {**prepared.splits.sources, **_eval_set_sources(r)}
+        for split, df in [*splits.items(), *setup.eval_sets.items()]:
             if split == "train":
                 continue
             m = exported.evaluate(
                 df,
-                prepared.splits.sources.get(split, split),
+                sources.get(split, split),
                 out_dir=run_dir / "eval",
                 split=split,
                 require_slices=False,
@@ -297,6 +377,16 @@ def _run(
                 m[k] = v
                 if k.endswith("_before") and k[: -len("_before")] in m:
                     m[k[: -len("_before")] + "_after"] = m[k[: -len("_before")]]
+            if m.get("slices") and split in base_slices:
+                m["slices"] = compare_slices(
+                    m["slices"],
+                    base_slices[split],
+                    slice_metric,
+                    higher,
+                    ev.slice_min_examples,
+                    ev.slice_gap_alarm,
+                    "linear_probe" if probe is not None else "zero_shot",
+                )
             metrics[split] = m
             artifacts[f"eval_{split}"] = f"eval/{split}.json"
         retention_summary = None
@@ -370,9 +460,18 @@ def _run(
                     msg
                     for split, m in metrics.items()
                     for msg in slice_alarms(
-                        m.get("slices") or {}, ev.metric, split, ev.slice_gap_alarm
+                        m.get("slices") or {}, slice_metric, split, ev.slice_gap_alarm
                     )
-                ],
+                    + widened_alarms(m.get("slices") or {}, slice_metric, split, ev.slice_gap_alarm)
+                ]
+                + guard_alarms(
+                    metrics,
+                    [g.name for g in ev.guard],
+                    slice_metric,
+                    higher,
+                    ev.guard_tolerance,
+                    ev.guard_tolerance_relative,
+                ),
                 "artifacts": artifacts,
                 "wall_seconds": round(time.time() - started, 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -389,6 +488,72 @@ def _run(
         train=run.get("train", {}),
         summary=run,
     )
+
+
+def _eval_set_sources(r: Recipe) -> dict[str, str]:
+    out = {"edge_cases": r.evaluation.edge_cases} if r.evaluation.edge_cases else {}
+    return {**out, **{g.name: g.path for g in r.evaluation.guard}}
+
+
+def _base_model_scores(
+    r: Recipe,
+    task: Task,
+    model: nn.Module,
+    groups: LayerGroups,
+    processor: Any,
+    encoded: dict[str, Any],
+    rows_by_split: dict[str, Any],
+    extra: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], LinearProbe | None]:
+    """Before any step: the base model's per-slice metrics on each evaluated split
+    ({split: slices}) and, for classifiers, the linear probe that stands in for the base
+    (also wanted by guard sets). LM tasks are scored zero-shot, slice by slice."""
+    ev = r.evaluation
+    want_slices = bool(ev.slices) and ev.slice_base
+    if not want_slices and not extra:
+        return {}, None
+    probe = None
+    collate, bs = task.collator(processor), r.training.eval_batch_size
+    if has_probe(task) and groups.head:
+        try:
+            probe = LinearProbe(
+                task, model, groups.head, encoded["train"], collate, bs, r.training.seed
+            )
+        except (ValueError, AttributeError) as e:  # e.g. one class only in training
+            log.warning("linear probe of the base model not fitted: %s", e)
+    if not want_slices:
+        return {}, probe
+    metric, higher = task_metric(ev, task)
+    out = {}
+    for split, rows in rows_by_split.items():
+        cols = [c for c in ev.slices if c in rows.columns]
+        if not cols:
+            continue
+        rescore: Any = None
+        outputs: dict[str, Any] = {}
+        if probe is not None:
+            outputs = probe.outputs(encoded[split] if split in encoded else extra[split])
+        elif getattr(task, "baseline", None) is not None:
+
+            def rescore(sub: Any) -> dict[str, Any]:
+                with base_view(model):
+                    return score_rows(task, model, processor, sub, bs, "base_slice")
+
+            outputs = {}
+        else:
+            continue
+        out[split] = slice_metrics(
+            task,
+            outputs,
+            rows,
+            cols,
+            metric,
+            higher,
+            ev.slice_min_examples,
+            ev.slice_gap_alarm,
+            rescore=rescore,
+        )
+    return out, probe
 
 
 def _write_report(run_dir: Path) -> None:

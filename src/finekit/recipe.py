@@ -241,7 +241,15 @@ class TrainingSpec(Section):
 
 
 # --------------------------------------------------------------------------- evaluation
-GENERATION_TASKS = ("chat",)  # tasks whose evaluation generates replies (evaluation.rules)
+GENERATION_TASKS = ("chat",)
+# Retention measures a run can select by (evaluation.metric), merged into every validation
+# row by the retention evaluator: name -> mode. Which one a run has depends on the model.
+RETENTION_METRICS = {
+    "retention_similarity": "max",  # text encoders: embedding geometry kept (Spearman)
+    "retention_cosine": "max",
+    "general_perplexity": "min",  # causal LMs: general-English perplexity
+    "general_pseudo_perplexity": "min",  # masked LMs
+}  # tasks whose evaluation generates replies (evaluation.rules)
 
 
 class RuleSpec(Section):
@@ -261,6 +269,17 @@ class RuleSpec(Section):
             except re.error as e:
                 raise ValueError(f"not a valid regular expression: {e}") from None
         return v
+
+
+class GuardSpec(Section):
+    """A "must not regress" evaluation set: a name (its key in run.json metrics) and a file
+    with the training data's columns."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    path: str
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf", "npz", "images", "text"] = (
+        "auto"
+    )
 
 
 class EvaluationSpec(Section):
@@ -294,9 +313,40 @@ class EvaluationSpec(Section):
     slices: list[str] = Field(default_factory=list)
     slice_min_examples: int = Field(10, ge=1)
     slice_gap_alarm: float = Field(0.1, gt=0.0)
+    # The same slices for the base model, beside the tuned one (classifiers: a linear probe
+    # on the frozen base features; LMs: the base model zero-shot), and an alarm when the
+    # tuned gap exceeds the base gap by more than `slice_gap_alarm` (perplexity: in nats,
+    # the log-ratio of worst to best). false = tuned slices only (the probe costs one pass).
+    slice_base: bool = True
+    # An edge-case file (the training data's columns), evaluated and reported on its own
+    # as split `edge_cases`.
+    edge_cases: str | None = None
+    # "Must not regress" sets [{name, path}], evaluated with the run's task before (LMs: the
+    # base model; classifiers: the linear probe) and after; worse by more than the tolerance
+    # raises an alarm.
+    guard: list[GuardSpec] = Field(default_factory=list)
+    guard_tolerance: float = Field(0.02, ge=0.0)  # absolute, for scores (accuracy, F1...)
+    guard_tolerance_relative: float = Field(0.05, ge=0.0)  # perplexity/loss: 5% rise
     # Rule checks on generated replies (tasks that generate, e.g. `chat`): reported as
     # rule_adherence (share passing all) and rule_<name> rates, before and after training.
     rules: RuleSpec | None = None
+
+    @model_validator(mode="after")
+    def _guard_names(self) -> EvaluationSpec:
+        names = [g.name for g in self.guard]
+        taken = {"train", "validation", "test", "edge_cases"}
+        for n in names:
+            if n in taken or names.count(n) > 1:
+                raise ValueError(
+                    f"evaluation.guard name {n!r} is taken (split names and each guard's "
+                    "name must be unique)"
+                )
+        if self.metric in RETENTION_METRICS and self.retention == "off":
+            raise ValueError(
+                f"evaluation.metric={self.metric!r} is a retention measure but "
+                "evaluation.retention is off; set evaluation.retention: auto"
+            )
+        return self
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":

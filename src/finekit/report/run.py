@@ -223,17 +223,39 @@ def _slices_section(metrics: dict[str, Any], metric: str) -> str:
     parts = []
     for split, m in metrics.items():
         for col, e in (m.get("slices") or {}).items():
-            rows = [
-                [v, d.get(metric), d.get("accuracy"), d["examples"]]
-                for v, d in e["by_value"].items()
-            ]
             cap = f"{split}: {col}"
             if e.get("gap") is not None:
                 cap += f" — gap {e['gap']:.3f} (worst {e['worst']}, best {e['best']})"
-            parts.append(table([col, metric, "accuracy", "examples"], rows, caption=cap))
+            if "gap_tuned" in e:  # the base model beside the tuned one
+                shown = e.get("metric", metric)
+                rows = [
+                    [v, d.get("base"), d.get("tuned"), d["examples"]]
+                    for v, d in e["by_value"].items()
+                ]
+                gb, gt = e.get("gap_base"), e.get("gap_tuned")
+                cap += (
+                    f"; base ({e.get('base')}) gap "
+                    f"{'—' if gb is None else f'{gb:.3f}'}, tuned gap "
+                    f"{'—' if gt is None else f'{gt:.3f}'}"
+                )
+                parts.append(
+                    table([col, f"base {shown}", f"tuned {shown}", "examples"], rows, caption=cap)
+                )
+                if e.get("gap_widened"):
+                    parts.append(
+                        f"<p class=warn>Fine-tuning widened the slice gap on {esc(split)}: "
+                        f"{esc(col)}.</p>"
+                    )
+            else:
+                rows = [
+                    [v, d.get(metric), d.get("accuracy"), d["examples"]]
+                    for v, d in e["by_value"].items()
+                ]
+                parts.append(table([col, metric, "accuracy", "examples"], rows, caption=cap))
             if e.get("flagged"):
                 parts.append(f"<p class=warn>Slice gap flagged on {esc(split)}: {esc(col)}.</p>")
     return "".join(parts)
+
 
 
 def _risks_section(run: dict[str, Any]) -> str:

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from finekit.errors import RunDirError
+from finekit.evaluate.base_model import score_rows
 from finekit.evaluate.runner import run_outputs
-from finekit.evaluate.slices import check_slice_columns, slice_metrics
+from finekit.evaluate.slices import check_slice_columns, slice_metrics, task_metric
 from finekit.models.base import FAMILIES
 from finekit.recipe import Recipe
 from finekit.rundir import RECIPE, RUN_JSON, TASK_JSON, is_run_dir, read_json, write_json
@@ -99,15 +100,18 @@ class LoadedRun:
         if require_slices:
             check_slice_columns(rows, ev.slices, source)
         if columns:
+            metric, higher = task_metric(ev, self.task)
+            bs = self.recipe.training.eval_batch_size
             metrics["slices"] = slice_metrics(
                 self.task,
                 out,
                 rows,
                 columns,
-                ev.metric,
-                ev.resolved_mode() == "max",
+                metric,
+                higher,
                 ev.slice_min_examples,
                 ev.slice_gap_alarm,
+                rescore=lambda sub: score_rows(self.task, self.model, self.processor, sub, bs),
             )
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
