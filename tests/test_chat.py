@@ -543,3 +543,34 @@ def test_a_packed_run_trains_and_reports_its_rows(tiny_chat: Path, tmp_path: Pat
     val = run["metrics"]["validation"]
     assert val["loss_after"] < 0.7 * val["loss_before"]  # evaluation itself is not packed
     assert run["train"]["tokens_seen"] > 0
+
+
+def test_chat_retention_is_general_perplexity_and_ewc_uses_it(
+    tiny_chat: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "chats.jsonl"
+    _dataset(data, 40, 0)
+    recipe = {
+        "model": str(tiny_chat),
+        "task": {"name": "chat", "generation_samples": 0},
+        "data": {"train": str(data), "validation_fraction": 0.2},
+        "training": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "max_length": 64,
+            "checkpoint_each_epoch": False,
+            "ewc": 1.0,
+            "ewc_batches": 2,
+        },
+        "evaluation": {"metric": "loss", "train_eval_samples": 0},
+        "output": {"dir": str(tmp_path / "run"), "save_checkpoints": False},
+    }
+    run = json.loads((finetune(recipe).run_dir / "run.json").read_text())
+    ret = run["retention"]
+    assert ret["general_perplexity_before"] > 1.0 and "general_perplexity_after" in ret
+    assert "retention_similarity" not in ret["after"]  # not the encoder-embedding measure
+    ewc = run["regularisers"]["ewc"]
+    assert ewc["fisher_source"] == "chat.fisher_data" and ewc["fisher_batches"] == 2

@@ -35,6 +35,9 @@ from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
 from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 from finekit.tasks.causal_lm import (
     IGNORE,
+    CausalLMConfig,
+    CausalLMTask,
+    GeneralPerplexity,
     lm_eval_step,
     lm_loss,
     lm_metrics,
@@ -431,6 +434,29 @@ class ChatTask:
                 m.update(self.generation_metrics(model, processor, self.heldout[split]))
             out[split] = {f"{k}_before": v for k, v in m.items() if k not in skip}
         return out
+
+    # ------------------------------------------------------------------ general English
+    def _general(self) -> CausalLMTask:
+        """A `causal_lm` view of plain general text: what a chat-tuned LM should not forget
+        is the language itself, measured as causal_lm measures it."""
+        return CausalLMTask(CausalLMConfig(block_size=min(256, self.max_length)))
+
+    def retention(self, model: nn.Module, processor: Any, recipe: Recipe) -> GeneralPerplexity:
+        """Forgetting: perplexity of general English (finekit's reference or the user's
+        file) before, during and after training — as for `causal_lm`."""
+        return GeneralPerplexity(
+            self._general(),
+            model,
+            processor,
+            recipe.evaluation.retention_reference,
+            recipe.training.eval_batch_size,
+        )
+
+    def fisher_data(self, processor: Any, recipe: Recipe) -> EncodedDataset:
+        """EWC's reference set (`training.ewc`): general English, every token a target."""
+        blocks = self._general().reference_data(processor, recipe.evaluation.retention_reference)
+        feats = [{**f, "labels": list(f["input_ids"])} for f in blocks.features]
+        return EncodedDataset(feats, blocks.lengths)
 
     @torch.no_grad()
     def generate(
