@@ -436,6 +436,14 @@ class Recipe(Section):
         from finekit.data.augment import check_augment
 
         check_augment(self.data.augment, self.task.name, modality)
+        # chat packs conversations apart by position_ids (causal_lm packs plain blocks).
+        packed_chat = self.task.name == "chat" and getattr(self.task, "packing", False)
+        if self.method.name == "prompt_tuning" and packed_chat:
+            raise ValueError(
+                "task.packing: prompt_tuning prepends virtual tokens to each row and peft "
+                "drops the position_ids that keep packed conversations apart; set "
+                "task.packing: false"
+            )
         return self
 
     # ----------------------------------------------------------------- construction

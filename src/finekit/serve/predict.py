@@ -147,6 +147,21 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
         update={"path": str(path / "model"), "init": "pretrained", "trust_remote_code": False}
     )
     loaded = family.load(spec, task.head(), pretrained=True, exact=True)
+    if _unmerged_adapter(path / "adapter"):  # e.g. prompt tuning: model/ is the base
+        from peft import PeftModel
+
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(path / "adapter"))
     model = loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     return LoadedRun(path, recipe, task, model, loaded.processor)
+
+
+def _unmerged_adapter(adapter_dir: Path) -> bool:
+    """An adapter that could not be merged into model/ (prompt learning: virtual tokens);
+    a LoRA/IA3 adapter/ is a copy of what model/ already holds merged."""
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        return False
+    from peft import PeftConfig
+
+    return bool(PeftConfig.from_pretrained(str(adapter_dir)).is_prompt_learning)

@@ -362,6 +362,8 @@ def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tenso
         ).logits
     else:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # Prompt tuning: peft returns logits for its virtual tokens too, in front: drop them.
+    logits = logits[:, -batch["input_ids"].shape[1] :]
     labels = batch["labels"][:, 1:]
     logits = logits[:, :-1].float()
     nll = F.cross_entropy(
