@@ -254,6 +254,9 @@ def _run(
     monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
     builtins: list[Any] = [stopper, *([monitor] if monitor else [])]
     method_callbacks = method.callbacks(model) if hasattr(method, "callbacks") else []
+    attach = getattr(task, "attach", None)  # optional: e.g. text mixup's head modules
+    if attach is not None:
+        attach(model, groups.head)
     regularisers: list[Any] = [L2SP(model, r.training.l2sp, groups)] if r.training.l2sp else []
     accelerator = make_accelerator(r.training)
     if r.training.ewc:  # the base model's Fisher, on the training device, before any step

@@ -105,6 +105,10 @@ class AugmentSpec(Section):
     # An automatic policy on top (Cubuk et al. 2020; Muller & Hutter 2021).
     policy: Literal["none", "randaugment", "trivialaugment"] | None = None
     mixup: float | None = Field(None, ge=0.0, le=1.0)  # probability per batch (Zhang 2018)
+    # Text: mixup of the pooled sentence features at the classifier head's input (Guo et
+    # al. 2019), weight ~ Beta(alpha, alpha); None = 0.4 (small alphas keep mixes near one
+    # example; images draw kornia's uniform weight instead).
+    mixup_alpha: float | None = Field(None, gt=0.0, le=10.0)
     cutmix: float | None = Field(None, ge=0.0, le=1.0)  # probability per batch (Yun 2019)
     # Text: Easy Data Augmentation (Wei & Zou 2019), one op per augmented example, with the
     # shipped synonym list. Rates are EDA's alpha: the share of a text's words changed
@@ -120,7 +124,8 @@ class AugmentSpec(Section):
 
         a = resolve_augment(self, modality)
         if modality == "text":
-            return bool(a["text_prob"]) and any(v for k, v in a.items() if k != "text_prob")
+            eda = [v for k, v in a.items() if k.startswith("eda_")]
+            return (bool(a["text_prob"]) and any(eda)) or bool(a["mixup"])
         return any(v for k, v in a.items() if k != "policy") or a["policy"] != "none"
 
 

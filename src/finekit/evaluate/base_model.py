@@ -57,6 +57,17 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
+def head_modules(model: nn.Module, head: list[str]) -> list[nn.Module]:
+    """The family's head modules (`LayerGroups.head` names) inside a plain or peft-wrapped
+    model; a forward pre-hook on them sees the head's input, the first one called (e.g.
+    DistilBERT's pre_classifier) the pooled features. Also text mixup's hook point."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    modules = [inner.get_submodule(n) for n in head]
+    if not modules:
+        raise ValueError("the model family names no head modules")
+    return modules
+
+
 @torch.no_grad()
 def head_inputs(
     task: Task,
@@ -69,10 +80,7 @@ def head_inputs(
     """(N, H) features the classification head receives, in the dataset's order, through a
     forward pre-hook on the head modules (the first one called, e.g. DistilBERT's
     pre_classifier); the task's own `eval_step` drives the forward pass."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    modules = [inner.get_submodule(n) for n in head]
-    if not modules:
-        raise ValueError("the model family names no head modules")
+    modules = head_modules(model, head)
     captured: list[torch.Tensor] = []
     seen = [False]
 

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from finekit.data.augment import resolve_augment
+from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
 from finekit.data.splits import Splits, holdout, sample_per_class
 from finekit.errors import DataError, RecipeError
@@ -75,6 +76,9 @@ class ClassifyTask:
         self.truncation: dict[str, dict[str, Any]] = {}
         # EDA on training texts (data.augment), re-tokenised per example; None = off.
         self.text_augment: EdaSettings | None = None
+        # Sentence-level mixup at the head input (data.augment.mixup); None = off.
+        self.text_mix: FeatureMixup | None = None
+        self.head_modules: list[nn.Module] | None = None  # set by `attach`
         self.seed = 42
 
     # ------------------------------------------------------------------ data
@@ -90,6 +94,7 @@ class ClassifyTask:
         if self.config.modality != "image":
             eda = EdaSettings.from_spec(d.augment)
             self.text_augment = eda if eda.active else None
+            self.text_mix = FeatureMixup.from_spec(d.augment)
         if recipe.evaluation.metric not in self.metric_names:
             raise RecipeError(
                 f"evaluation.metric={recipe.evaluation.metric!r} is not a classify metric; "
@@ -138,9 +143,11 @@ class ClassifyTask:
         counts = {s: int(len(df)) for s, df in out.items()}
         augment = (
             {"preset": d.augment.preset, **resolve_augment(d.augment, "text")}
-            if self.text_augment
+            if self.text_augment or self.text_mix
             else {}
         )
+        if self.text_mix is not None:
+            augment["mixup_alpha"] = self.text_mix.alpha
         return Prepared(
             splits=out,
             info={
@@ -246,12 +253,32 @@ class ClassifyTask:
         return DataCollatorWithPadding(processor, return_tensors="pt")
 
     # ------------------------------------------------------------------ steps
+    def attach(self, model: nn.Module, head: list[str]) -> None:
+        """Optional hook (api.py, after method.apply): text mixup finds the head modules."""
+        if self.text_mix is not None:
+            from finekit.evaluate.base_model import head_modules
+
+            self.head_modules = head_modules(model, head)
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits
-        # Loss in fp32 even under autocast: log-softmax over many classes loses bits in bf16.
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        ls = self.config.label_smoothing
+        # Mixup draws in training only (EWC's Fisher calls this loss in eval mode).
+        mix = self.text_mix.draw(len(labels)) if self.text_mix and model.training else None
+        if mix is None:
+            logits = model(**inputs).logits
+            # Loss in fp32 under autocast: log-softmax over many classes loses bits in bf16.
+            return F.cross_entropy(logits.float(), labels, label_smoothing=ls)
+        if self.head_modules is None:
+            raise RuntimeError("classify: data.augment.mixup needs task.attach(model, head)")
+        assert self.text_mix is not None
+        with self.text_mix.applied(self.head_modules, mix):
+            logits = model(**inputs).logits.float()
+        partner = labels[mix.perm.to(labels.device)]
+        la = F.cross_entropy(logits, labels, label_smoothing=ls)
+        lb = F.cross_entropy(logits, partner, label_smoothing=ls)
+        return mix.lam * la + (1.0 - mix.lam) * lb
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}

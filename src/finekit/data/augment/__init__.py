@@ -67,7 +67,18 @@ TEXT_PRESETS: dict[str, dict[str, Any]] = {
         "text_prob": 0.9,
     },
 }
-TEXT_FIELDS = ("eda_synonym", "eda_insert", "eda_swap", "eda_delete", "text_prob")
+# Mixup on text mixes sentence features at the classifier head (tasks/classify.py), not
+# words; `mixup` is shared with images (the probability a batch is mixed).
+TEXT_FIELDS = (
+    "eda_synonym",
+    "eda_insert",
+    "eda_swap",
+    "eda_delete",
+    "text_prob",
+    "mixup",
+    "mixup_alpha",
+)
+MIXUP_ALPHA = 0.4  # text mixup's Beta(alpha, alpha) when data.augment.mixup_alpha is unset
 MODALITY_FIELDS = {"image": FIELDS, "text": TEXT_FIELDS}
 MODALITY_PRESETS = {"image": PRESETS, "text": TEXT_PRESETS}
 
@@ -93,7 +104,7 @@ def check_augment(spec: Any, task: str, modality: str | None) -> None:
     text, and any augmentation for tasks without a modality (causal_lm, chat)."""
     if modality not in MODALITY_FIELDS:
         used = [f"preset={spec.preset!r}"] if spec.preset != "none" else []
-        used += [f for f in (*FIELDS, *TEXT_FIELDS) if _is_set(getattr(spec, f))]
+        used += [f for f in dict.fromkeys((*FIELDS, *TEXT_FIELDS)) if _is_set(getattr(spec, f))]
         if used:
             raise ValueError(
                 f"data.augment.{used[0]}: task {task!r} does not support "
@@ -109,9 +120,14 @@ def check_augment(spec: Any, task: str, modality: str | None) -> None:
         if other == modality:
             continue
         for f in fields:
-            if _is_set(getattr(spec, f)):
+            if f not in MODALITY_FIELDS[modality] and _is_set(getattr(spec, f)):
                 raise ValueError(
                     f"data.augment.{f} is for {other} data; task {task!r} on "
                     f"{modality} data cannot use it ({modality} fields: "
                     f"{', '.join(MODALITY_FIELDS[modality])})"
                 )
+    if modality == "text" and spec.mixup_alpha is not None and not _is_set(spec.mixup):
+        raise ValueError(
+            "data.augment.mixup_alpha has no effect without data.augment.mixup (the "
+            "probability that a training batch is mixed, e.g. 1.0)"
+        )
