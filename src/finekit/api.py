@@ -162,6 +162,13 @@ def _setup(r: Recipe) -> _Setup:
         check_retention_metric(r, task, loaded)
     groups = family.layer_groups(loaded.model)
     method = build_method(r.method)
+    if r.method.name == "prompt_tuning" and r.training.lr < 1e-3:
+        # Soft prompts learn at 1e-2..3e-1 (Lester et al. 2021); at encoder rates they barely move.
+        log.warning(
+            "method prompt_tuning with training.lr=%g: soft prompts need ~1e-2 to 3e-1; "
+            "set training.lr",
+            r.training.lr,
+        )
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", None)
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
     if r.training.frozen_bn == "eval":
