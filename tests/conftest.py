@@ -31,6 +31,20 @@ def make_rows(n_per_class: int, seed: int) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest):  # noqa: ANN201
+    """Unit tests run tiny models (hidden 32-64), where intra-op threads cost more than they
+    save: one thread ran the unit suite several times faster here. Real-model integration
+    tests keep torch's default."""
+    import torch
+
+    before = torch.get_num_threads()
+    if request.node.get_closest_marker("integration") is None:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT with a word-level vocabulary, saved like any HF folder."""
