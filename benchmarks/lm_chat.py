@@ -84,12 +84,50 @@ def general_perplexity(run_dir: Path, run: dict[str, Any]) -> dict[str, float]:
     return measure.summarize(measure.score(load_run(run_dir, device="cpu").model))
 
 
+def rescore(run_dir: Path, turn: str) -> dict[str, dict[str, float]]:
+    """Generation scores of the base and the run's exported model on the run's own held-out
+    conversations, at another `task.generation_turn` (no training: the turn only changes
+    which reply evaluation generates)."""
+    from finekit.data.splits import read_splits
+    from finekit.models import family_for
+    from finekit.serve.predict import load_run
+    from finekit.tasks import build_task
+    from finekit.tasks.base import HeadSpec
+
+    r = Recipe.from_yaml(run_dir / "recipe.yaml").with_overrides(
+        {"task.generation_turn": turn})
+    task: Any = build_task(r.task)
+    task.prepare(read_splits(r.data), r)
+    base = family_for(r.model).load(r.model, HeadSpec("causal-lm"))
+    tuned = load_run(run_dir, device="cpu")
+    out: dict[str, dict[str, float]] = {}
+    for split, rows in task.heldout.items():
+        before = task.generation_metrics(base.model.eval(), base.processor, rows)
+        after = task.generation_metrics(tuned.model.eval(), tuned.processor, rows)
+        (run_dir / "eval" / f"{split}_replies_{turn}_turn.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in task._samples))
+        out[split] = {**{f"{k}_before": v for k, v in before.items()},
+                      **{f"{k}_after": v for k, v in after.items()}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_chat.json"))
+    ap.add_argument("--rescore", default="",
+                    help="VARIANT=TURN: rescore a finished run's generations at that turn")
     args = ap.parse_args()
+    if args.rescore:
+        name, turn = args.rescore.split("=")
+        scores = rescore(Path(args.runs) / name, turn)
+        print(json.dumps(scores, indent=1))
+        path = ROOT / "benchmarks" / "results" / f"lm_chat_{name}_{turn}_turn.json"
+        path.write_text(json.dumps({"run": f"{args.runs}/{name}", "generation_turn": turn,
+                                    "scores": scores}, indent=1))
+        print(f"JSON: {path}")
+        return
     if not DATA.is_dir():
         raise SystemExit(f"taskmaster4-coffee absent at {DATA}")
     rows = []

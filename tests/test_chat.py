@@ -574,3 +574,16 @@ def test_chat_retention_is_general_perplexity_and_ewc_uses_it(
     assert "retention_similarity" not in ret["after"]  # not the encoder-embedding measure
     ewc = run["regularisers"]["ewc"]
     assert ewc["fisher_source"] == "chat.fisher_data" and ewc["fisher_batches"] == 2
+
+
+@pytest.mark.parametrize("turn", ["first", "last"])
+def test_generation_turn_picks_the_scored_reply(tiny_chat: Path, turn: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat).eval()
+    task = _task(generation_turn=turn, generation_samples=2, max_new_tokens=3)
+    conv = [*_conv(QUESTIONS[0], "we are happy"), *_conv(QUESTIONS[1], "thanks friend")]
+    rows = task.conversations(_frame([conv, conv]), "toy")
+    task.generation_metrics(model, _tok(tiny_chat), rows)
+    want = ("we are happy", QUESTIONS[0]) if turn == "first" else ("thanks friend", QUESTIONS[1])
+    assert [(x["reference"], x["prompt"]) for x in task._samples] == [want, want]

@@ -98,6 +98,9 @@ class ChatConfig(TaskConfig):
     packing: bool = False
     max_new_tokens: int = Field(64, ge=1, le=4096)  # greedy reply length (eval, predict)
     generation_samples: int = Field(32, ge=0)  # held-out conversations answered per split
+    # Which reply of a held-out conversation is generated and scored: the last (the whole
+    # history as context) or the first (the opening, e.g. a greeting house style).
+    generation_turn: Literal["last", "first"] = "last"
     style: StyleSpec = Field(default_factory=StyleSpec)
 
 
@@ -397,16 +400,18 @@ class ChatTask:
     def generation_metrics(
         self, model: nn.Module, processor: Any, rows: pd.DataFrame
     ) -> dict[str, Any]:
-        """Greedy replies to the first `task.generation_samples` conversations (history up
-        to the last reply as the prompt), scored against that reply and the rules."""
+        """Greedy replies to the first `task.generation_samples` conversations (the history
+        before the last — or, with `task.generation_turn: first`, the first — reply as the
+        prompt), scored against that reply and the rules."""
         n = self.config.generation_samples
         if n == 0 or rows is None or len(rows) == 0:
             return {}
         prompts, refs = [], []
+        pick = max if self.config.generation_turn == "last" else min
         for msgs in rows["messages"].tolist()[:n]:
-            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            prompts.append(msgs[:last])
-            refs.append(msgs[last]["content"])
+            turn = pick(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            prompts.append(msgs[:turn])
+            refs.append(msgs[turn]["content"])
         replies, stopped = self.generate(model, processor, prompts, 8)
         # Kept for `artifacts` (eval/<split>_replies.jsonl): what the numbers are made of.
         self._samples = [
