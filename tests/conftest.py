@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -116,3 +118,55 @@ class CrashAtStep:
     def on_step_end(self, state, control) -> None:  # noqa: ANN001
         if state.progress.step == self.step:
             raise RuntimeError("simulated crash")
+
+
+def build_tiny_llama(
+    d: Path,
+    vocab: list[str],
+    *,
+    specials: list[str] | None = None,
+    chat_template: str | None = None,
+    max_positions: int = 128,
+    before_save: Callable[[Any, Any], None] | None = None,
+) -> Path:
+    """A random 2-layer Llama (hidden 32) and a word-level tokenizer, saved as an HF folder.
+
+    `vocab` starts with "<unk>", "<eos>" (eos = pad = id 1); `specials` are registered as
+    special tokens (e.g. ChatML markers); `before_save(model, tokenizer)` may train the model
+    a little first (a base with a skill to lose)."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    assert vocab[:2] == ["<unk>", "<eos>"], vocab[:2]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    if specials:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>"
+    )
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        eos_token_id=1,
+        pad_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    if before_save is not None:
+        before_save(model, fast)
+    model.save_pretrained(d)
+    fast.save_pretrained(d)
+    return d

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from conftest import build_tiny_llama
 
 from finekit import finetune, load_run
 from finekit.data.readers import read_table
@@ -43,37 +44,13 @@ def _vocab() -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Llama and a word-level tokenizer with ChatML specials + template."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny-chat")
-    vocab = _vocab()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>"
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-chat"),
+        _vocab(),
+        specials=SPECIAL,
+        chat_template=CHATML,
+        max_positions=256,
     )
-    fast.chat_template = CHATML
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=1,
-        pad_token_id=1,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
 
 
 def _tok(path: Path) -> Any:

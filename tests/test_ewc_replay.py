@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import CrashAtStep, make_rows
+from conftest import CrashAtStep, build_tiny_llama, make_rows
 
 from finekit import Recipe, finetune
 from finekit.api import _ewc, _setup
@@ -347,12 +347,8 @@ def test_causal_lm_ewc_on_general_english_replay_and_dropout(tmp_path: Path) -> 
 
 def _llama(tmp_path: Path) -> Path:
     """test_causal_lm's tiny Llama (its fixture is module-scoped there)."""
-    from test_causal_lm import tiny_llama
+    from test_causal_lm import _vocab
 
-    class Factory:
-        def mktemp(self, name: str) -> Path:
-            d = tmp_path / name
-            d.mkdir()
-            return d
-
-    return tiny_llama.__wrapped__(Factory())  # type: ignore[attr-defined]
+    d = tmp_path / "tiny-llama"
+    d.mkdir()
+    return build_tiny_llama(d, _vocab())

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CrashAtStep
+from conftest import CrashAtStep, build_tiny_llama
 from safetensors.torch import load_file
 
 from finekit import Recipe, finetune, load_run
@@ -187,42 +187,17 @@ def test_prompt_tuning_refuses_image_and_masked_lm_heads_before_writing(
 # --------------------------------------------------------------------------- causal LMs
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer Llama (hidden 32) with a ChatML word-level tokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
+    """The shared tiny Llama with a ChatML word-level tokenizer."""
     from finekit.tasks.chat import CHATML
 
-    d = tmp_path_factory.mktemp("tiny-llama-pt")
     special = ["<unk>", "<eos>", "<|im_start|>", "<|im_end|>"]
     words = sorted({w for s in SENTENCES for w in s.split()} | {"system", "user", "assistant"})
-    vocab = special + words
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>"
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-pt"),
+        special + words,
+        specials=special,
+        chat_template=CHATML,
     )
-    fast.chat_template = CHATML
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=1,
-        pad_token_id=1,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
 
 
 SENTENCES = [

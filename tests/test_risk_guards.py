@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASS_WORDS, make_rows
+from conftest import CLASS_WORDS, build_tiny_llama, make_rows
 
 from finekit import Recipe, finetune
 from finekit.errors import DataError, RecipeError
@@ -154,48 +154,26 @@ def _domain(n: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer Llama (hidden 32) with a word-level tokenizer (as test_causal_lm)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny-llama-risk")
+    """The shared tiny Llama, given a little "pre-training" on general English first, so
+    the base has a skill to lose."""
     words = {w for p in SUBJECTS + VERBS + PLACES for w in p.split()} | {"."}
     general = {w.lower() for s in reference_sentences(None)[0] for w in s.split()}
-    vocab = ["<unk>", "<eos>", *sorted(words | general)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>"
+
+    def pretrain(model: Any, fast: Any) -> None:
+        ids = [i for t in reference_sentences(None)[0] for i in [*fast(t)["input_ids"], 1]]
+        blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(30):
+            batch = blocks[torch.randperm(len(blocks))[:16]]
+            model(input_ids=batch, labels=batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-risk"),
+        ["<unk>", "<eos>", *sorted(words | general)],
+        before_save=pretrain,
     )
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=1,
-        pad_token_id=1,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    # A little "pre-training" on general English, so the base has a skill to lose.
-    ids = [i for t in reference_sentences(None)[0] for i in [*fast(t)["input_ids"], 1]]
-    blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(30):
-        batch = blocks[torch.randperm(len(blocks))[:16]]
-        model(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
 
 
 def _lm_recipe(model: Path, tmp: Path, **evaluation: Any) -> dict[str, Any]:

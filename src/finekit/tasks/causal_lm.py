@@ -135,37 +135,23 @@ class CausalLMTask:
         texts = [t for t in df[self.text_column].fillna("").astype(str).tolist() if t.strip()]
         docs = self._tokenize(processor, texts)
         bs = self.config.block_size
-        keep_short = split != "train"
-        blocks: list[list[int]] = []
-        dropped = 0
-        if self.config.packing:
-            stream = [tok for ids in docs for tok in (*ids, eos)]
-            n_full = len(stream) // bs
-            blocks = [stream[i * bs : (i + 1) * bs] for i in range(n_full)]
-            rest = stream[n_full * bs :]
-            if keep_short and len(rest) >= 2:
-                blocks.append(rest)
-            else:
-                dropped = len(rest)
-        else:
-            for ids in docs:
-                seq = [*ids, eos]
-                for i in range(0, len(seq), bs):
-                    piece = seq[i : i + bs]
-                    if len(piece) >= 2:
-                        blocks.append(piece)
-                    else:
-                        dropped += len(piece)
+        blocks, dropped = cut_blocks(
+            docs,
+            bs,
+            sep=eos,
+            packing=self.config.packing,
+            keep_rest=split != "train",
+            min_len=2,
+            sep_unpacked=True,
+        )
         if not blocks:
             n = sum(len(x) + 1 for x in docs)
             raise DataError(
                 f"{split}: the text has {n} tokens, fewer than task.block_size={bs}; lower "
                 "task.block_size or add text"
             )
-        if split == "train" and self.max_train_blocks and len(blocks) > self.max_train_blocks:
-            g = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(len(blocks), generator=g)[: self.max_train_blocks]
-            blocks = [blocks[i] for i in keep.sort().values.tolist()]
+        if split == "train":
+            blocks = cap_blocks(blocks, self.max_train_blocks, self.seed)
         self.counts[split] = {
             "documents": len(docs),
             "tokens": sum(len(b) for b in blocks),
@@ -418,6 +404,55 @@ class GeneralPerplexity:
             "general_perplexity_after": a,
             "general_perplexity_increase": a / b - 1.0 if b > 0 else float("nan"),
         }
+
+
+def cut_blocks(
+    docs: list[list[int]],
+    size: int,
+    *,
+    sep: int | None,
+    packing: bool,
+    keep_rest: bool,
+    min_len: int,
+    sep_unpacked: bool,
+) -> tuple[list[list[int]], int]:
+    """Cut tokenised documents into blocks of `size` tokens; returns (blocks, tokens dropped).
+
+    Packed: the documents, each followed by `sep`, form one stream cut into full blocks; the
+    remainder is kept (when `keep_rest` and at least `min_len` long) or dropped. Unpacked:
+    each document (followed by `sep` when `sep_unpacked`) is cut on its own and pieces
+    shorter than `min_len` are dropped."""
+    tail = [sep] if sep is not None else []
+    blocks: list[list[int]] = []
+    dropped = 0
+    if packing:
+        stream = [tok for ids in docs for tok in (*ids, *tail)]
+        n_full = len(stream) // size
+        blocks = [stream[i * size : (i + 1) * size] for i in range(n_full)]
+        rest = stream[n_full * size :]
+        if keep_rest and len(rest) >= min_len:
+            blocks.append(rest)
+        else:
+            dropped = len(rest)
+    else:
+        for ids in docs:
+            seq = [*ids, *tail] if sep_unpacked else list(ids)
+            for i in range(0, len(seq), size):
+                piece = seq[i : i + size]
+                if len(piece) >= min_len:
+                    blocks.append(piece)
+                else:
+                    dropped += len(piece)
+    return blocks, dropped
+
+
+def cap_blocks(blocks: list[list[int]], limit: int | None, seed: int) -> list[list[int]]:
+    """At most `limit` blocks, a seeded random subset kept in corpus order."""
+    if not limit or len(blocks) <= limit:
+        return blocks
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(blocks), generator=g)[:limit]
+    return [blocks[i] for i in keep.sort().values.tolist()]
 
 
 def tail_holdout(

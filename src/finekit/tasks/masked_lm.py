@@ -34,7 +34,14 @@ from finekit.errors import DataError, ModelError
 from finekit.evaluate.retention import reference_sentences
 from finekit.recipe import Recipe, TaskConfig
 from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, register_task
-from finekit.tasks.causal_lm import IGNORE, CausalLMTask, lm_metrics, pad_token_id
+from finekit.tasks.causal_lm import (
+    IGNORE,
+    CausalLMTask,
+    cap_blocks,
+    cut_blocks,
+    lm_metrics,
+    pad_token_id,
+)
 
 
 class MaskedLMConfig(TaskConfig):
@@ -91,22 +98,15 @@ class MaskedLMTask(CausalLMTask):
             raise DataError(f"task.block_size={self.config.block_size} leaves no room for text")
         texts = [t for t in df[self.text_column].fillna("").astype(str).tolist() if t.strip()]
         docs = self._tokenize(processor, texts)
-        pieces: list[list[int]] = []
-        dropped = 0
-        keep_short = split != "train"
-        if self.config.packing:
-            stream = [tok for ids in docs for tok in (*ids, *([sep] if sep is not None else []))]
-            n_full = len(stream) // inner
-            pieces = [stream[i * inner : (i + 1) * inner] for i in range(n_full)]
-            rest = stream[n_full * inner :]
-            if keep_short and len(rest) >= 1:
-                pieces.append(rest)
-            else:
-                dropped = len(rest)
-        else:
-            for ids in docs:
-                for i in range(0, len(ids), inner):
-                    pieces.append(ids[i : i + inner])
+        pieces, dropped = cut_blocks(
+            docs,
+            inner,
+            sep=sep,
+            packing=self.config.packing,
+            keep_rest=split != "train",
+            min_len=1,
+            sep_unpacked=False,
+        )
         if not pieces:
             n = sum(len(x) for x in docs)
             raise DataError(
@@ -114,10 +114,8 @@ class MaskedLMTask(CausalLMTask):
                 f"block_size={self.config.block_size} minus special tokens); lower "
                 "task.block_size or add text"
             )
-        if split == "train" and self.max_train_blocks and len(pieces) > self.max_train_blocks:
-            g = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(len(pieces), generator=g)[: self.max_train_blocks]
-            pieces = [pieces[i] for i in keep.sort().values.tolist()]
+        if split == "train":
+            pieces = cap_blocks(pieces, self.max_train_blocks, self.seed)
         feats = []
         for p in pieces:
             ids = [*prefix, *p, *suffix]
