@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 from finekit.api import FinetuneResult, finetune, make_recipe  # noqa: E402
 from finekit.evaluate.compare import compare  # noqa: E402
-from finekit.evaluate.seeds import finetune_seeds  # noqa: E402
+from finekit.evaluate.seeds import finetune_folds, finetune_seeds  # noqa: E402
 from finekit.recipe import Recipe  # noqa: E402
 from finekit.report import write_report  # noqa: E402
 from finekit.serve.predict import load_run  # noqa: E402
@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "compare",
     "finetune",
+    "finetune_folds",
     "finetune_seeds",
     "load_run",
     "make_recipe",

@@ -120,6 +120,13 @@ def train(
         Optional[int],  # noqa: UP045
         typer.Option(help="Run N seeds into OUTPUT/seed-<s>/; mean ± std in seeds.json"),
     ] = None,
+    folds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="K-fold cross-validation on the training data: OUTPUT/fold-<i>/, "
+            "mean ± std in folds.json"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fine-tune: from a recipe file, or from flags for the common case."""
@@ -149,12 +156,18 @@ def train(
         recipe = recipe or resume / RECIPE
         sections.setdefault("output", {})["dir"] = str(resume)
     r = _build_recipe(recipe, set_, sections)
-    if seeds is not None:
-        from finekit.evaluate.seeds import finetune_seeds
+    if seeds is not None and folds is not None:
+        raise RecipeError("--seeds and --folds each repeat the run; give one of them")
+    if seeds is not None or folds is not None:
+        from finekit.evaluate.seeds import finetune_folds, finetune_seeds
 
+        flag = "--seeds" if seeds is not None else "--folds"
         if resume is not None:
-            raise RecipeError("--seeds resumes by itself: rerun the same command without --resume")
-        finetune_seeds(r, seeds, echo=typer.echo)
+            raise RecipeError(f"{flag} resumes by itself: rerun the same command without --resume")
+        if seeds is not None:
+            finetune_seeds(r, seeds, echo=typer.echo)
+        else:
+            finetune_folds(r, folds, echo=typer.echo)  # type: ignore[arg-type]
         return
     result = finetune(r, resume=resume is not None)
     _print_result(result)

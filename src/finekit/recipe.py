@@ -129,6 +129,19 @@ class AugmentSpec(Section):
         return any(v for k, v in a.items() if k != "policy") or a["policy"] != "none"
 
 
+class FoldSpec(Section):
+    """K-fold cross-validation: this run validates on fold `index` of `k` of data.train."""
+
+    k: int = Field(ge=2)
+    index: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> FoldSpec:
+        if self.index >= self.k:
+            raise ValueError(f"data.folds.index={self.index} must be below data.folds.k={self.k}")
+        return self
+
+
 class ReplaySpec(Section):
     """Rehearsal: mix examples of a general corpus or an earlier task into training.
 
@@ -175,6 +188,10 @@ class DataSpec(Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # Held out of train (stratified) when no test file is given; 0 means no test split.
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # K-fold cross-validation (`finekit train --folds K` sets it per run): validation is fold
+    # `index` of `k` of data.train (stratified by class; contiguous text for causal_lm) in
+    # place of validation_fraction; the test part, if held out, is split off first.
+    folds: FoldSpec | None = None
     # Few-shot: keep k training examples per class, sampled reproducibly by `training.seed`.
     k_per_class: int | None = Field(None, ge=1)
     # Classes with fewer than k examples: error (false) or keep all they have (true).

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from finekit.data.images import (
     folder_split_dir,
@@ -22,7 +22,7 @@ from finekit.data.images import (
 )
 from finekit.data.readers import detect_format, read_table
 from finekit.errors import DataError
-from finekit.recipe import DataSpec
+from finekit.recipe import DataSpec, FoldSpec
 
 
 @dataclass
@@ -72,7 +72,19 @@ def read_splits(spec: DataSpec) -> Splits:
                 df = resolve_manifest_paths(df, spec.image_column, path)
             setattr(out, split, df)
             sources[split] = path if path != spec.train else f"{path}[{spec.hf_splits[split]}]"
+    _check_folds(spec, out)
     return out
+
+
+def _check_folds(spec: DataSpec, splits: Splits) -> None:
+    """Cross-validation draws validation from the folds of data.train: a validation split
+    given as well would be ignored silently, so it is an error."""
+    if spec.folds is not None and splits.validation is not None:
+        raise DataError(
+            f"data.folds cross-validates on folds of {spec.train}, but a validation split is "
+            f"given too ({splits.sources.get('validation', 'data.validation')}); drop "
+            "data.validation or the folds"
+        )
 
 
 def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
@@ -101,6 +113,7 @@ def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
             out.sources[split] = path
         if path is not None:
             setattr(out, split, read(path, split))
+    _check_folds(spec, out)
     return out
 
 
@@ -160,6 +173,35 @@ def holdout(
         df, test_size=n_held, random_state=seed, stratify=labels, shuffle=True
     )
     return rest.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def fold_holdout(
+    df: pd.DataFrame, folds: FoldSpec, seed: int, stratify: str | None, source: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) for fold `folds.index` of a seeded K-fold partition
+    (scikit-learn's StratifiedKFold on column `stratify`, else KFold). The same seed gives
+    the same partition in every fold's run, so the K validation folds cover `df` once."""
+    k = folds.k
+    if len(df) < k:
+        raise DataError(f"{source}: {len(df)} rows are too few for data.folds.k={k}")
+    if stratify:
+        counts = df[stratify].value_counts()
+        short = counts[counts < k]
+        if len(short):
+            raise DataError(
+                f"{source}: {k}-fold cross-validation needs at least {k} examples of each "
+                f"class; {len(short)} class(es) have fewer: {_fmt_counts(short)}; lower the "
+                "number of folds"
+            )
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        parts = list(splitter.split(df, df[stratify]))
+    else:
+        parts = list(KFold(n_splits=k, shuffle=True, random_state=seed).split(df))
+    train_idx, val_idx = parts[folds.index]
+    return (
+        df.iloc[train_idx].reset_index(drop=True),
+        df.iloc[val_idx].reset_index(drop=True),
+    )
 
 
 def sample_per_class(

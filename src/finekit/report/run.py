@@ -257,7 +257,6 @@ def _slices_section(metrics: dict[str, Any], metric: str) -> str:
     return "".join(parts)
 
 
-
 def _risks_section(run: dict[str, Any]) -> str:
     """Retention of the base model's skill, early stopping, the alarm, regularisers."""
     parts = []

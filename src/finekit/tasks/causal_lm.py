@@ -81,7 +81,12 @@ class CausalLMTask:
         if test is None and d.test_fraction > 0:
             train, test = tail_holdout(train, d.test_fraction, self.text_column, src, "test")
             sources["test"] = f"last {d.test_fraction:.0%} of the text of {src}"
-        if val is None and d.validation_fraction > 0:
+        if d.folds is not None:
+            train, val = fold_text(train, d.folds.k, d.folds.index, self.text_column, src)
+            sources["validation"] = (
+                f"part {d.folds.index + 1} of {d.folds.k} of the text of {src} (contiguous)"
+            )
+        elif val is None and d.validation_fraction > 0:
             train, val = tail_holdout(
                 train, d.validation_fraction, self.text_column, src, "validation"
             )
@@ -492,6 +497,22 @@ def tail_holdout(
             f"data.{what}_fraction=0"
         )
     return keep_rows.reset_index(drop=True), held_rows.reset_index(drop=True)
+
+
+def fold_text(
+    df: pd.DataFrame, k: int, index: int, column: str, source: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training text, validation text) for fold `index` of `k`: the corpus cut into k
+    contiguous parts by characters (at line breaks, as `tail_holdout`); the validation part
+    is part `index`, training the text before and after it."""
+    after = df.iloc[0:0]
+    rest = df
+    if index < k - 1:  # the parts after this fold's part
+        rest, after = tail_holdout(df, (k - 1 - index) / k, column, source, "validation")
+    if index == 0:
+        return after.reset_index(drop=True), rest.reset_index(drop=True)
+    before, held = tail_holdout(rest, 1 / (index + 1), column, source, "validation")
+    return pd.concat([before, after]).reset_index(drop=True), held
 
 
 def _exp(x: float) -> float:

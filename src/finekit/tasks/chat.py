@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from finekit.data.dialogue import apply_house_style, dialogue_to_messages
-from finekit.data.splits import Splits
+from finekit.data.splits import Splits, fold_holdout
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import generation_scores
 from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
@@ -144,7 +144,7 @@ class ChatTask:
         train = train.iloc[order.tolist()].reset_index(drop=True)  # seeded, whole conversations
         for what, frac, missing in (
             ("test", d.test_fraction, test is None),
-            ("validation", d.validation_fraction, val is None),
+            ("validation", d.validation_fraction, val is None and d.folds is None),
         ):
             if not missing or frac <= 0:
                 continue
@@ -161,6 +161,11 @@ class ChatTask:
                 test = held
             else:
                 val = held
+        if d.folds is not None:
+            train, val = fold_holdout(train, d.folds, self.seed, None, src)
+            sources["validation"] = (
+                f"fold {d.folds.index + 1} of {d.folds.k} of the conversations of {src}"
+            )
         if d.max_train_samples and len(train) > d.max_train_samples:
             train = train.iloc[: d.max_train_samples].reset_index(drop=True)
         out = Splits(train=train, validation=val, test=test, sources=sources)

@@ -23,7 +23,7 @@ from torch import nn
 from finekit.data.augment import resolve_augment
 from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
-from finekit.data.splits import Splits, holdout, sample_per_class
+from finekit.data.splits import Splits, fold_holdout, holdout, sample_per_class
 from finekit.errors import DataError, RecipeError
 from finekit.evaluate.metrics import classification_metrics
 from finekit.recipe import Recipe, TaskConfig
@@ -125,7 +125,10 @@ class ClassifyTask:
         if test is None and d.test_fraction > 0:
             train, test = holdout(train, d.test_fraction, seed, self.label_column, src, "test")
             sources["test"] = f"{d.test_fraction:.0%} held out of {src}"
-        if val is None and d.validation_fraction > 0:
+        if d.folds is not None:
+            train, val = fold_holdout(train, d.folds, seed, self.label_column, src)
+            sources["validation"] = f"fold {d.folds.index + 1} of {d.folds.k} of {src}"
+        elif val is None and d.validation_fraction > 0:
             train, val = holdout(
                 train, d.validation_fraction, seed, self.label_column, src, "validation"
             )

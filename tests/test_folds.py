@@ -1,0 +1,154 @@
+"""K-fold cross-validation: `finekit train RECIPE --folds K` / `finetune_folds` — each run
+validates on its own fold of data.train, the folds partition it (stratified by class,
+contiguous for LM text), folds.json holds mean ± std over the real per-fold values."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from finekit import Recipe, finetune_folds
+from finekit.data.splits import Splits, fold_holdout, read_splits
+from finekit.errors import DataError, RecipeError, RunDirError
+from finekit.evaluate.seeds import FOLDS_JSON
+from finekit.recipe import FoldSpec
+from finekit.tasks import build_task
+from finekit.tasks.causal_lm import fold_text
+
+
+def _fold_splits(r: Recipe, k: int) -> list[Splits]:
+    out = []
+    for i in range(k):
+        ri = r.with_overrides({"data.folds": {"k": k, "index": i}})
+        out.append(build_task(ri.task).prepare(read_splits(ri.data), ri).splits)
+    return out
+
+
+def test_classify_folds_partition_train_stratified(tiny_recipe: Recipe, toy_data: dict) -> None:
+    k = 4
+    folds = _fold_splits(tiny_recipe, k)
+    everything = pd.read_csv(toy_data["train"])
+    key = lambda df: sorted(zip(df["text"], df["label"], strict=True))  # noqa: E731
+    vals = [f.validation for f in folds]
+    # The k validation folds are disjoint and together are the whole training file.
+    assert sorted(sum((key(v) for v in vals), [])) == key(everything)
+    for f in folds:
+        # Each run trains on the rest: nothing of its validation fold, everything else.
+        assert sorted(key(f.train) + key(f.validation)) == key(everything)
+        # Stratified: each class has len/k of its examples in each fold (40 per class / 4).
+        assert f.validation["label"].value_counts().tolist() == [10, 10, 10]
+    # The same seed gives the same partition in every fold's run; another seed another one.
+    again = _fold_splits(tiny_recipe, k)[2].validation
+    assert key(again) == key(vals[2])
+    other = _fold_splits(tiny_recipe.with_overrides({"training.seed": 7}), k)[2].validation
+    assert key(other) != key(vals[2])
+
+
+def test_fold_errors_name_the_problem(tiny_recipe: Recipe, toy_data: dict) -> None:
+    df = pd.DataFrame({"text": list("abcdefg"), "label": ["x"] * 5 + ["y"] * 2})
+    with pytest.raises(DataError, match=r"src\.csv: 3-fold .* 1 class\(es\) have fewer: 'y': 2"):
+        fold_holdout(df, FoldSpec(k=3, index=0), 0, "label", "src.csv")
+    with pytest.raises(DataError, match="7 rows are too few for data.folds.k=8"):
+        fold_holdout(df, FoldSpec(k=8, index=0), 0, None, "src.csv")
+    with pytest.raises(ValueError, match=r"data.folds.index=3 must be below data.folds.k=3"):
+        tiny_recipe.with_overrides({"data.folds": {"k": 3, "index": 3}})
+    # A validation file beside the folds would be silently ignored: refused, named.
+    r = tiny_recipe.with_overrides(
+        {"data.validation": str(toy_data["test"]), "data.folds": {"k": 3, "index": 0}}
+    )
+    with pytest.raises(DataError, match=r"data.folds cross-validates .* validation split"):
+        read_splits(r.data)
+    with pytest.raises(RecipeError, match="--folds must be a whole number >= 2"):
+        finetune_folds(tiny_recipe, folds=1)
+    with pytest.raises(RecipeError, match=r"names data.validation .*: drop it"):
+        finetune_folds(tiny_recipe.with_overrides({"data.validation": str(toy_data["test"])}))
+
+
+def test_lm_text_folds_are_contiguous_parts() -> None:
+    lines = [f"line {i} of the corpus" for i in range(60)]
+    df = pd.DataFrame({"text": ["\n".join(lines[:25]) + "\n", "\n".join(lines[25:]) + "\n"]})
+    whole = "".join(df["text"])
+    k = 3
+    vals = []
+    for i in range(k):
+        train, val = fold_text(df, k, i, "text", "corpus")
+        vals.append("".join(val["text"]))
+        assert vals[-1].startswith("line ") and vals[-1].endswith("\n")  # cut at line breaks
+        assert abs(len(vals[-1]) - len(whole) / k) < 30  # about a third each
+        # Training is the text before and after the fold, in order.
+        before, after = whole.split(vals[-1])
+        assert "".join(train["text"]) == before + after
+    assert "".join(vals) == whole  # consecutive parts, nothing lost or repeated
+
+
+def test_folds_run_and_aggregate(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    r = tiny_recipe.with_overrides({"training.epochs": 2})
+    out = tmp_path / "folds"
+    logs: list[str] = []
+    result = finetune_folds(r, folds=3, output=out, echo=logs.append)
+    assert result["runs"] == ["fold-0", "fold-1", "fold-2"] and result["folds"] == 3
+    runs = [json.loads((out / f"fold-{i}" / "run.json").read_text()) for i in range(3)]
+    assert all(x["status"] == "completed" for x in runs)
+    stored = [Recipe.from_yaml(out / f"fold-{i}" / "recipe.yaml").data.folds for i in range(3)]
+    assert [(f.k, f.index) for f in stored] == [(3, 0), (3, 1), (3, 2)]
+    saved = json.loads((out / FOLDS_JSON).read_text())
+    for split in ("validation", "test"):
+        values = [x["metrics"][split]["loss"] for x in runs]
+        cell = saved["metrics"][split]["loss"]
+        assert cell["values"] == values
+        assert cell["mean"] == pytest.approx(statistics.fmean(values))
+        assert cell["std"] == pytest.approx(statistics.stdev(values))
+    # Different validation folds: the validation losses really differ.
+    assert saved["metrics"]["validation"]["loss"]["std"] > 0
+    assert "3-fold cross-validation" in logs[-1] and "mean ± std" in logs[-1]
+    # Rerun skips the finished folds; another recipe in the folder is refused.
+    logs.clear()
+    finetune_folds(r, folds=3, output=out, echo=logs.append)
+    assert sum("skipped" in line for line in logs) == 3
+    with pytest.raises(RunDirError, match=r"another recipe .*training\.lr"):
+        finetune_folds(r.with_overrides({"training.lr": 0.5}), folds=3, output=out)
+
+
+def test_cli_folds(tiny_recipe: Recipe, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from finekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    tiny_recipe.with_overrides({"training.epochs": 1, "output.dir": None}).to_yaml(recipe)
+    out = tmp_path / "cli-folds"
+    assert main(["train", str(recipe), "--folds", "2", "--seeds", "2", "-o", str(out)]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main(["train", str(recipe), "--folds", "2", "--output", str(out)]) == 0
+    assert "2-fold cross-validation" in capsys.readouterr().out
+    assert (out / "fold-0" / "model").is_dir() and (out / "fold-1" / "model").is_dir()
+    assert (out / FOLDS_JSON).is_file()
+
+
+def test_chat_folds_hold_out_whole_conversations(tmp_path: Path) -> None:
+    from test_chat import _taskmaster
+
+    from finekit.data.readers import read_table
+    from finekit.tasks.chat import ChatTask
+
+    path = tmp_path / "dialogs.json"
+    _taskmaster(path)  # 10 conversations
+    df = read_table(str(path))
+    seen: list[str] = []
+    for i in range(5):
+        r = Recipe.from_dict(
+            {
+                "model": "x",
+                "task": "chat",
+                "data": {"train": str(path), "folds": {"k": 5, "index": i}},
+                "evaluation": {"metric": "loss"},
+            }
+        )
+        s = ChatTask(r.task).prepare(Splits(train=df, sources={"train": str(path)}), r).splits  # type: ignore[arg-type]
+        assert len(s.validation) == 2 and len(s.train) == 8
+        assert set(s.train["conversation"]).isdisjoint(s.validation["conversation"])
+        seen += list(s.validation["conversation"])
+        everyone = sorted([*s.train["conversation"], *s.validation["conversation"]])
+    assert sorted(seen) == everyone and len(set(seen)) == 10  # each validated once
