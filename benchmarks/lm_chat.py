@@ -34,11 +34,20 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # a small LM trained from scratch needs (1e-3, as for the Shakespeare scratch run).
     # Scored on the validation dialogs only (the same 50 as the support bot's): the 210 test
     # dialogs would double its evaluation time to confirm a near-zero score.
-    "support-bot-scratch": ("support-bot.yaml", {"model.init": "scratch", "method": "full",
-                                                 "training.lr": 1e-3, "data.test": None}),
+    "support-bot-scratch": (
+        "support-bot.yaml",
+        {"model.init": "scratch", "method": "full", "training.lr": 1e-3, "data.test": None},
+    ),
 }
-METRICS = ("loss", "perplexity", "token_f1", "rougeL", "exact_match", "stopped_by_eos",
-           "rule_adherence")
+METRICS = (
+    "loss",
+    "perplexity",
+    "token_f1",
+    "rougeL",
+    "exact_match",
+    "stopped_by_eos",
+    "rule_adherence",
+)
 
 
 def collect(name: str, run_dir: Path) -> dict[str, Any]:
@@ -94,8 +103,7 @@ def rescore(run_dir: Path, turn: str) -> dict[str, dict[str, float]]:
     from finekit.tasks import build_task
     from finekit.tasks.base import HeadSpec
 
-    r = Recipe.from_yaml(run_dir / "recipe.yaml").with_overrides(
-        {"task.generation_turn": turn})
+    r = Recipe.from_yaml(run_dir / "recipe.yaml").with_overrides({"task.generation_turn": turn})
     task: Any = build_task(r.task)
     task.prepare(read_splits(r.data), r)
     base = family_for(r.model).load(r.model, HeadSpec("causal-lm"))
@@ -105,9 +113,12 @@ def rescore(run_dir: Path, turn: str) -> dict[str, dict[str, float]]:
         before = task.generation_metrics(base.model.eval(), base.processor, rows)
         after = task.generation_metrics(tuned.model.eval(), tuned.processor, rows)
         (run_dir / "eval" / f"{split}_replies_{turn}_turn.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in task._samples))
-        out[split] = {**{f"{k}_before": v for k, v in before.items()},
-                      **{f"{k}_after": v for k, v in after.items()}}
+            "".join(json.dumps(x) + "\n" for x in task._samples)
+        )
+        out[split] = {
+            **{f"{k}_before": v for k, v in before.items()},
+            **{f"{k}_after": v for k, v in after.items()},
+        }
     return out
 
 
@@ -116,16 +127,22 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lm_chat.json"))
-    ap.add_argument("--rescore", default="",
-                    help="VARIANT=TURN: rescore a finished run's generations at that turn")
+    ap.add_argument(
+        "--rescore",
+        default="",
+        help="VARIANT=TURN: rescore a finished run's generations at that turn",
+    )
     args = ap.parse_args()
     if args.rescore:
         name, turn = args.rescore.split("=")
         scores = rescore(Path(args.runs) / name, turn)
         print(json.dumps(scores, indent=1))
         path = ROOT / "benchmarks" / "results" / f"lm_chat_{name}_{turn}_turn.json"
-        path.write_text(json.dumps({"run": f"{args.runs}/{name}", "generation_turn": turn,
-                                    "scores": scores}, indent=1))
+        path.write_text(
+            json.dumps(
+                {"run": f"{args.runs}/{name}", "generation_turn": turn, "scores": scores}, indent=1
+            )
+        )
         print(f"JSON: {path}")
         return
     if not DATA.is_dir():
@@ -135,10 +152,12 @@ def main() -> None:
         file, over = VARIANTS[name]
         out = Path(args.runs) / name
         done = (out / "run.json").is_file() and json.loads((out / "run.json").read_text()).get(
-            "status") == "completed"
+            "status"
+        ) == "completed"
         if not done:
             r = Recipe.from_yaml(ROOT / "recipes" / file).with_overrides(
-                {**over, "output.dir": str(out), "output.overwrite": True})
+                {**over, "output.dir": str(out), "output.overwrite": True}
+            )
             finetune(r)
         rows.append(collect(name, out))
         print(json.dumps(rows[-1]), flush=True)
@@ -146,18 +165,24 @@ def main() -> None:
     def f(x: Any, spec: str) -> str:
         return format(x, spec) if isinstance(x, (int, float)) else "—"
 
-    cols = [("validation_loss", ".3f"), ("validation_token_f1", ".3f"),
-            ("validation_rougeL", ".3f"), ("validation_stopped_by_eos", ".0%"),
-            ("validation_rule_adherence", ".0%")]
+    cols = [
+        ("validation_loss", ".3f"),
+        ("validation_token_f1", ".3f"),
+        ("validation_rougeL", ".3f"),
+        ("validation_stopped_by_eos", ".0%"),
+        ("validation_rule_adherence", ".0%"),
+    ]
     head = "".join(f"{c.split('_', 1)[1] + ' b→a':>26}" for c, _ in cols)
     print(f"\n{'variant':<13}{head}{'general ppl b→a':>20}{'train s':>9}")
     for x in rows:
         cells = "".join(
-            f"{f(x.get(c + '_before'), s) + ' → ' + f(x.get(c + '_after'), s):>26}"
-            for c, s in cols
+            f"{f(x.get(c + '_before'), s) + ' → ' + f(x.get(c + '_after'), s):>26}" for c, s in cols
         )
-        gen = f(x["general_perplexity_before"], ".1f") + " → " + f(
-            x["general_perplexity_after"], ".1f")
+        gen = (
+            f(x["general_perplexity_before"], ".1f")
+            + " → "
+            + f(x["general_perplexity_after"], ".1f")
+        )
         print(f"{x['variant']:<13}{cells}{gen:>20}{f(x['seconds'], '.0f'):>9}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"data": "taskmaster4-coffee", "rows": rows}, indent=1))

@@ -5,6 +5,7 @@ contiguous for LM text), folds.json holds mean ± std over the real per-fold val
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_fold_errors_name_the_problem(tiny_recipe: Recipe, toy_data: dict) -> No
     r = tiny_recipe.with_overrides(
         {"data.validation": str(toy_data["test"]), "data.folds": {"k": 3, "index": 0}}
     )
-    with pytest.raises(DataError, match=r"data.folds cross-validates .* validation split"):
+    with pytest.raises(DataError, match=r"data.folds cross-validates .* data.validation is given"):
         read_splits(r.data)
     with pytest.raises(RecipeError, match="--folds must be a whole number >= 2"):
         finetune_folds(tiny_recipe, folds=1)
@@ -68,21 +69,42 @@ def test_fold_errors_name_the_problem(tiny_recipe: Recipe, toy_data: dict) -> No
         finetune_folds(tiny_recipe.with_overrides({"data.validation": str(toy_data["test"])}))
 
 
-def test_lm_text_folds_are_contiguous_parts() -> None:
+@pytest.mark.parametrize("seed", range(6))
+def test_lm_text_folds_tile_the_corpus(seed: int) -> None:
+    """Random corpora, k = 2..7: the k validation parts, in order, are the corpus exactly,
+    and each run trains on exactly the text before and after its part."""
+    rng = random.Random(seed)
+    words = ["the", "ship", "sails", "north", "at", "dawn", "and", "returns"]
+    docs = []
+    for _ in range(rng.randint(2, 6)):
+        n_lines = rng.randint(1, 12)
+        lines = [" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(n_lines)]
+        docs.append("\n".join(lines) + rng.choice(["\n", ""]))
+    df = pd.DataFrame({"text": docs})
+    whole = "".join(docs)
+    for k in range(2, 8):
+        done = ""
+        for i in range(k):
+            train, val = fold_text(df, k, i, "text", "corpus")
+            part = "".join(val["text"])
+            assert part and whole[len(done) :].startswith(part)
+            assert "".join(train["text"]) == done + whole[len(done) + len(part) :]
+            done += part
+        assert done == whole, k
+
+
+def test_lm_text_folds_cut_at_line_breaks_into_even_parts() -> None:
     lines = [f"line {i} of the corpus" for i in range(60)]
     df = pd.DataFrame({"text": ["\n".join(lines[:25]) + "\n", "\n".join(lines[25:]) + "\n"]})
     whole = "".join(df["text"])
-    k = 3
-    vals = []
-    for i in range(k):
-        train, val = fold_text(df, k, i, "text", "corpus")
-        vals.append("".join(val["text"]))
-        assert vals[-1].startswith("line ") and vals[-1].endswith("\n")  # cut at line breaks
-        assert abs(len(vals[-1]) - len(whole) / k) < 30  # about a third each
-        # Training is the text before and after the fold, in order.
-        before, after = whole.split(vals[-1])
-        assert "".join(train["text"]) == before + after
-    assert "".join(vals) == whole  # consecutive parts, nothing lost or repeated
+    parts = [fold_text(df, 3, i, "text", "corpus")[1] for i in range(3)]
+    for p in parts:
+        text = "".join(p["text"])
+        assert text.startswith("line ") and text.endswith("\n")  # cut at line breaks
+        assert abs(len(text) - len(whole) / 3) < 30  # about a third each
+    assert "".join("".join(p["text"]) for p in parts) == whole
+    with pytest.raises(DataError, match=r"too small to cut into data.folds.k=3 parts; lower"):
+        fold_text(pd.DataFrame({"text": ["one line"]}), 3, 1, "text", "tiny.txt")
 
 
 def test_folds_run_and_aggregate(tiny_recipe: Recipe, tmp_path: Path) -> None:
@@ -111,6 +133,9 @@ def test_folds_run_and_aggregate(tiny_recipe: Recipe, tmp_path: Path) -> None:
     assert sum("skipped" in line for line in logs) == 3
     with pytest.raises(RunDirError, match=r"another recipe .*training\.lr"):
         finetune_folds(r.with_overrides({"training.lr": 0.5}), folds=3, output=out)
+    # Another number of folds would reuse fold-0..2 of the 3-fold partition: refused.
+    with pytest.raises(RunDirError, match=r"another recipe .*data\.folds"):
+        finetune_folds(r, folds=2, output=out)
 
 
 def test_cli_folds(tiny_recipe: Recipe, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -152,3 +177,20 @@ def test_chat_folds_hold_out_whole_conversations(tmp_path: Path) -> None:
         seen += list(s.validation["conversation"])
         everyone = sorted([*s.train["conversation"], *s.validation["conversation"]])
     assert sorted(seen) == everyone and len(set(seen)) == 10  # each validated once
+
+
+def test_folds_leave_out_a_validation_split_shipped_in_the_train_file(tmp_path: Path) -> None:
+    """MedMNIST-style .npz with val_* arrays: under folds validation comes from the folds
+    of the training arrays; the shipped test split is kept."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 30), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 8, 8)).astype(np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(-1, 1).astype(np.uint8)
+    np.savez(tmp_path / "x.npz", **arrays)
+    r = Recipe.from_dict({"model": "x", "data": {"train": str(tmp_path / "x.npz")}})
+    assert read_splits(r.data).validation is not None  # shipped split, used without folds
+    s = read_splits(r.with_overrides({"data.folds": {"k": 3, "index": 1}}).data)
+    assert s.validation is None and len(s.train) == 30 and len(s.test) == 8

@@ -52,6 +52,7 @@ def read_splits(spec: DataSpec) -> Splits:
         present = {k: v for k, v in spec.rename.items() if k in df.columns}
         return df.rename(columns=present) if present else df
 
+    _check_folds(spec)
     fmt = detect_format(spec.train) if spec.format == "auto" else spec.format
     if fmt in ("npz", "images"):
         return _read_image_splits(spec, fmt)
@@ -62,6 +63,8 @@ def read_splits(spec: DataSpec) -> Splits:
     out = Splits(train=train, sources=sources)
     for split in ("validation", "test"):
         path = getattr(spec, split)
+        if path is None and split == "validation" and spec.folds is not None:
+            continue  # cross-validation: the folds of data.train replace a shipped split
         if path is None and _is_dataset_dict(spec.train, spec.format):
             hf_name = spec.hf_splits.get(split)
             if hf_name and _has_split(spec.train, hf_name):
@@ -72,18 +75,17 @@ def read_splits(spec: DataSpec) -> Splits:
                 df = resolve_manifest_paths(df, spec.image_column, path)
             setattr(out, split, df)
             sources[split] = path if path != spec.train else f"{path}[{spec.hf_splits[split]}]"
-    _check_folds(spec, out)
     return out
 
 
-def _check_folds(spec: DataSpec, splits: Splits) -> None:
-    """Cross-validation draws validation from the folds of data.train: a validation split
-    given as well would be ignored silently, so it is an error."""
-    if spec.folds is not None and splits.validation is not None:
+def _check_folds(spec: DataSpec) -> None:
+    """Cross-validation draws validation from the folds of data.train (a validation split
+    shipped inside data.train is left out); a validation file named as well would be
+    ignored silently, so it is an error."""
+    if spec.folds is not None and spec.validation is not None:
         raise DataError(
-            f"data.folds cross-validates on folds of {spec.train}, but a validation split is "
-            f"given too ({splits.sources.get('validation', 'data.validation')}); drop "
-            "data.validation or the folds"
+            f"data.folds cross-validates on folds of {spec.train}, but data.validation is "
+            f"given too ({spec.validation}); drop data.validation or the folds"
         )
 
 
@@ -106,6 +108,8 @@ def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
     out = Splits(train=read(spec.train, "train"), sources={"train": spec.train})
     for split in ("validation", "test"):
         path = getattr(spec, split)
+        if path is None and split == "validation" and spec.folds is not None:
+            continue  # cross-validation: the folds of data.train replace a shipped split
         if path is None and _has_own_split(spec.train, fmt, split):
             path = spec.train
             out.sources[split] = f"{spec.train}[{split}]"
@@ -113,7 +117,6 @@ def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
             out.sources[split] = path
         if path is not None:
             setattr(out, split, read(path, split))
-    _check_folds(spec, out)
     return out
 
 
@@ -176,14 +179,21 @@ def holdout(
 
 
 def fold_holdout(
-    df: pd.DataFrame, folds: FoldSpec, seed: int, stratify: str | None, source: str
+    df: pd.DataFrame,
+    folds: FoldSpec,
+    seed: int,
+    stratify: str | None,
+    source: str,
+    what: str = "rows",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows, validation rows) for fold `folds.index` of a seeded K-fold partition
     (scikit-learn's StratifiedKFold on column `stratify`, else KFold). The same seed gives
     the same partition in every fold's run, so the K validation folds cover `df` once."""
     k = folds.k
     if len(df) < k:
-        raise DataError(f"{source}: {len(df)} rows are too few for data.folds.k={k}")
+        raise DataError(
+            f"{source}: {len(df)} {what} are too few for data.folds.k={k}; lower the folds"
+        )
     if stratify:
         counts = df[stratify].value_counts()
         short = counts[counts < k]

@@ -89,7 +89,11 @@ def finetune_folds(
             f"--folds cross-validates on folds of data.train ({r.data.train}); the recipe also "
             f"names data.validation ({r.data.validation}): drop it"
         )
-    out = _repeat_dir(r, output, "folds", FOLDS_RECIPE)
+    # The stored recipe carries k, so a rerun with another number of folds is refused
+    # (its fold-<i> runs would be skipped as finished and mixed into the new mean).
+    out = _repeat_dir(
+        r.with_overrides({"data.folds": {"k": folds, "index": 0}}), output, "folds", FOLDS_RECIPE
+    )
     cells = [
         (
             f"fold-{i}",

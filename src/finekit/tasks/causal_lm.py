@@ -9,8 +9,10 @@ model's perplexity is measured before training (`baseline`) and on general Engli
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -502,17 +504,51 @@ def tail_holdout(
 def fold_text(
     df: pd.DataFrame, k: int, index: int, column: str, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training text, validation text) for fold `index` of `k`: the corpus cut into k
-    contiguous parts by characters (at line breaks, as `tail_holdout`); the validation part
-    is part `index`, training the text before and after it."""
-    after = df.iloc[0:0]
-    rest = df
-    if index < k - 1:  # the parts after this fold's part
-        rest, after = tail_holdout(df, (k - 1 - index) / k, column, source, "validation")
-    if index == 0:
-        return after.reset_index(drop=True), rest.reset_index(drop=True)
-    before, held = tail_holdout(rest, 1 / (index + 1), column, source, "validation")
-    return pd.concat([before, after]).reset_index(drop=True), held
+    """(training text, validation text) for fold `index` of `k`: the corpus (rows in order)
+    cut once into k contiguous parts of about equal characters, each cut at the row
+    boundary or line break nearest its target (else at a space); the validation part is
+    part `index`, training the text before and after it. The k parts tile the corpus."""
+    texts = df[column].fillna("").astype(str).tolist()
+    starts = [0]
+    for t in texts:
+        starts.append(starts[-1] + len(t))
+    total = starts[-1]
+    whole = "".join(texts)
+    breaks = sorted({*starts[1:-1], *(m.end() for m in re.finditer("\n", whole))} - {total})
+    cuts = [0]
+    for j in range(1, k):
+        target = round(j * total / k)
+        cut = _nearest(breaks, target)
+        if cut is None or abs(cut - target) > total / (2 * k):
+            space = whole.find(" ", target)
+            space = space if space != -1 else whole.rfind(" ", 0, target)
+            cut = space + 1 if space != -1 else target  # one long word: cut inside it
+        cuts.append(min(max(cut, cuts[-1]), total))
+    cuts.append(total)
+    lo, hi = cuts[index], cuts[index + 1]
+    before, held, after = [], [], []
+    for i in range(len(texts)):
+        s0, s1 = starts[i], starts[i + 1]
+        for part, a, b in (
+            (before, s0, min(s1, lo)),
+            (held, max(s0, lo), min(s1, hi)),
+            (after, max(s0, hi), s1),
+        ):
+            if b > a and whole[a:b].strip():
+                part.append(df.iloc[[i]].assign(**{column: whole[a:b]}))
+    if not held or not (before or after):
+        raise DataError(
+            f"{source}: the corpus ({total} characters) is too small to cut into "
+            f"data.folds.k={k} parts; lower the number of folds (--folds)"
+        )
+    train = pd.concat(before + after).reset_index(drop=True)
+    return train, pd.concat(held).reset_index(drop=True)
+
+
+def _nearest(sorted_positions: list[int], target: int) -> int | None:
+    i = bisect.bisect_left(sorted_positions, target)
+    near = sorted_positions[max(0, i - 1) : i + 1]
+    return min(near, key=lambda p: abs(p - target)) if near else None
 
 
 def _exp(x: float) -> float:

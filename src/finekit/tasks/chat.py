@@ -162,7 +162,7 @@ class ChatTask:
             else:
                 val = held
         if d.folds is not None:
-            train, val = fold_holdout(train, d.folds, self.seed, None, src)
+            train, val = fold_holdout(train, d.folds, self.seed, None, src, "conversations")
             sources["validation"] = (
                 f"fold {d.folds.index + 1} of {d.folds.k} of the conversations of {src}"
             )
