@@ -19,7 +19,12 @@ from finekit.errors import RecipeError
 from finekit.evaluate.base_model import LinearProbe, base_view, has_probe, score_rows
 from finekit.evaluate.guards import guard_alarms, read_eval_sets
 from finekit.evaluate.metrics import headline
-from finekit.evaluate.retention import EmbeddingRetention, encoder_of, reference_sentences
+from finekit.evaluate.retention import (
+    EmbeddingRetention,
+    MaskedLMHead,
+    encoder_of,
+    reference_sentences,
+)
 from finekit.evaluate.slices import (
     check_slice_columns,
     compare_slices,
@@ -176,20 +181,25 @@ def _setup(r: Recipe) -> _Setup:
     return _Setup(task, prepared, family, loaded, groups, method, model, replay, eval_sets)
 
 
-def retention_measures(r: Recipe, task: Task, model: nn.Module, processor: Any) -> list[str]:
+def retention_measures(
+    r: Recipe, task: Task, model: nn.Module, processor: Any, source: str | None = None
+) -> list[str]:
     """The retention measures this run will log per validation (see `_retention`)."""
     if r.evaluation.retention == "off" or r.model.init != "pretrained":
         return []
     if getattr(task, "retention", None) is not None:
         return [getattr(task, "general_key", "general_perplexity")]
     if hasattr(processor, "pad_token") and encoder_of(model) is not None:
-        return ["retention_similarity", "retention_cosine"]
+        with_mlm = _mlm_head(r, source) is not None
+        return ["retention_similarity", "retention_cosine"] + (
+            [MaskedLMHead.PPL] if with_mlm else []
+        )
     return []
 
 
 def check_retention_metric(r: Recipe, task: Task, loaded: LoadedModel) -> None:
     """`evaluation.metric` names a retention measure: the run must have that one."""
-    have = retention_measures(r, task, loaded.model, loaded.processor)
+    have = retention_measures(r, task, loaded.model, loaded.processor, loaded.source)
     if r.evaluation.metric not in have:
         why = (
             "model.init is scratch (no base skill to retain)"
@@ -307,7 +317,7 @@ def _run(
                 "baseline": probe.kind,
                 **{f"{k}_before": m[k] for k in getattr(task, "metric_names", ()) if k in m},
             }
-    retention = _retention(r, model, loaded.processor, task)
+    retention = _retention(r, model, loaded.processor, task, loaded.source)
     loop = Loop(
         task,
         model,
@@ -581,10 +591,17 @@ def _write_report(run_dir: Path) -> None:
         )
 
 
-def _retention(r: Recipe, model: nn.Module, processor: Any, task: Task | None = None) -> Any:
+def _retention(
+    r: Recipe,
+    model: nn.Module,
+    processor: Any,
+    task: Task | None = None,
+    source: str | None = None,
+) -> Any:
     """Reference embeddings of the *base* model (before any step), where they mean
-    something: a pre-trained text encoder; or the task's own measure (`task.retention`,
-    e.g. general-text perplexity for language models)."""
+    something: a pre-trained text encoder (plus pseudo-perplexity under the checkpoint's
+    masked-LM head at `source`, where it ships one); or the task's own measure
+    (`task.retention`, e.g. general-text perplexity for language models)."""
     if r.evaluation.retention == "off" or r.model.init != "pretrained":
         return None
     hook = getattr(task, "retention", None)
@@ -592,13 +609,24 @@ def _retention(r: Recipe, model: nn.Module, processor: Any, task: Task | None = 
         return hook(model, processor, r)
     if not hasattr(processor, "pad_token") or encoder_of(model) is None:
         return None
+    head = _mlm_head(r, source)
     try:
         return EmbeddingRetention(
-            model, processor, r.training.max_length, r.evaluation.retention_reference
+            model,
+            processor,
+            r.training.max_length,
+            r.evaluation.retention_reference,
+            mlm_head=head,
         )
     except (ValueError, TypeError, AttributeError) as e:
         log.info("retention not measured for this model: %s", e)
         return None
+
+
+def _mlm_head(r: Recipe, source: str | None) -> MaskedLMHead | None:
+    if not r.evaluation.retention_mlm or source is None:
+        return None
+    return MaskedLMHead.from_checkpoint(source)
 
 
 def _ewc(

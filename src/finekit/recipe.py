@@ -270,7 +270,7 @@ RETENTION_METRICS = {
     "retention_similarity": "max",  # text encoders: embedding geometry kept (Spearman)
     "retention_cosine": "max",
     "general_perplexity": "min",  # causal LMs: general-English perplexity
-    "general_pseudo_perplexity": "min",  # masked LMs
+    "general_pseudo_perplexity": "min",  # masked LMs; encoders with an MLM head
 }  # tasks whose evaluation generates replies (evaluation.rules)
 
 
@@ -329,6 +329,10 @@ class EvaluationSpec(Section):
     # general-English reference), per evaluation and before vs after. auto = where it applies.
     retention: Literal["auto", "off"] = "auto"
     retention_reference: str | None = None  # one sentence per line; None = finekit's own
+    # Encoders whose checkpoint ships a masked-LM head (BERT, RoBERTa...): also the
+    # pseudo-perplexity of the reference under that head on the tuned encoder
+    # (`general_pseudo_perplexity`; each token masked in turn: ~15 forward rows a sentence).
+    retention_mlm: bool = True
     # Per-slice metrics on these columns of the validation/test data (site, device, sex...):
     # the headline metric per value, and an alarm when best and worst slices (each with at
     # least `slice_min_examples`) differ by more than `slice_gap_alarm`.

@@ -6,8 +6,11 @@ written for finekit, CC0; or the user's own file) are compared before and after:
   matrices of the base and the tuned encoder (1.0 = the geometry of general language is
   intact; representational similarity analysis, Kriegeskorte et al. 2008);
 - `embedding_cosine`: mean cosine between each sentence's base and tuned embedding.
-Both are 1.0 before training by construction. Causal LMs will report perplexity on the same
-text (a later task module).
+Both are 1.0 before training by construction. Where the checkpoint also ships a masked-LM
+head (BERT, RoBERTa, ... but not the sentence-transformers MiniLM), that head is put on the
+tuned encoder and the reference's pseudo-perplexity (Salazar et al. 2020) is measured too:
+`general_pseudo_perplexity`, before vs after. Language-model tasks bring their own measure
+(`task.retention`: general-text perplexity, pseudo-perplexity for `masked_lm`).
 """
 
 from __future__ import annotations
@@ -85,20 +88,100 @@ def embed(
     return torch.cat(out).numpy()
 
 
+class MaskedLMHead:
+    """The base checkpoint's masked-LM head, set on top of whichever encoder is scored: the
+    encoder module itself is shared (LoRA and other adapters included) and a tied decoder
+    is re-tied to that encoder's input embeddings, so the score is the tuned encoder's."""
+
+    PPL = "general_pseudo_perplexity"
+
+    def __init__(self, mlm: nn.Module) -> None:
+        self.mlm = mlm.eval().requires_grad_(False)
+        self.prefix = mlm.base_model_prefix
+        self.tied = bool(getattr(mlm.config, "tie_word_embeddings", False))
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> MaskedLMHead | None:
+        """The head when `path` holds trained masked-LM head weights, else None (e.g. a
+        sentence-transformers checkpoint: an encoder alone)."""
+        import transformers
+        from transformers import AutoModelForMaskedLM
+
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        except Exception as e:  # no masked-LM class for this architecture, remote code...
+            log.debug("no masked-LM head for %s: %s", path, e)
+            return None
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        prefix = mlm.base_model_prefix
+        head_missing = [k for k in info.get("missing_keys", []) if not k.startswith(prefix)]
+        if head_missing:
+            log.info(
+                "%s ships no masked-LM head (%s...): no pseudo-perplexity", path, head_missing[0]
+            )
+            return None
+        return cls(mlm)
+
+    def on(self, encoder: nn.Module) -> nn.Module:
+        """The masked-LM model with `encoder` in place of its own."""
+        setattr(self.mlm, self.prefix, encoder)
+        if self.tied:
+            self.mlm.get_output_embeddings().weight = encoder.get_input_embeddings().weight
+        return self.mlm.to(next(encoder.parameters()).device)
+
+    def score(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        texts: list[str],
+        max_length: int,
+        batch_size: int = 64,
+    ) -> float:
+        from finekit.tasks.masked_lm import pseudo_perplexity
+
+        return pseudo_perplexity(self.on(encoder), tokenizer, texts, batch_size, max_length)
+
+
 class EmbeddingRetention:
-    """Holds the base model's reference embeddings; scores any later state of the model."""
+    """Holds the base model's reference embeddings (and, with `mlm_head`, its reference
+    pseudo-perplexity); scores any later state of the model."""
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any, max_length: int, reference: str | None = None
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        max_length: int,
+        reference: str | None = None,
+        mlm_head: MaskedLMHead | None = None,
     ) -> None:
         self.texts, self.source = reference_sentences(reference)
         self.tokenizer, self.max_length = tokenizer, max_length
         enc = encoder_of(model)
         if enc is None:
             raise ValueError("no encoder found")
+        self.mlm_head = mlm_head
         self.base = embed(enc, tokenizer, self.texts, max_length)
         self._iu = np.triu_indices(len(self.texts), k=1)
         self._base_sims = (self.base @ self.base.T)[self._iu]
+        self.before: dict[str, float] = {"retention_similarity": 1.0, "retention_cosine": 1.0}
+        if mlm_head is not None:
+            self.before[MaskedLMHead.PPL] = self._ppl(enc)
+            self.note = (
+                "retention_similarity/retention_cosine: the base's embedding geometry of "
+                "general English kept (1 = intact); general_pseudo_perplexity: the "
+                "checkpoint's masked-LM head on the tuned encoder (lower is better)."
+            )
+
+    def _ppl(self, encoder: nn.Module) -> float:
+        assert self.mlm_head is not None
+        was = encoder.training
+        try:
+            return self.mlm_head.score(encoder, self.tokenizer, self.texts, self.max_length)
+        finally:
+            encoder.train(was)
 
     def score(self, model: nn.Module) -> dict[str, float]:
         enc = encoder_of(model)
@@ -107,10 +190,24 @@ class EmbeddingRetention:
         now = embed(enc, self.tokenizer, self.texts, self.max_length)
         sims = (now @ now.T)[self._iu]
         rho = spearmanr(self._base_sims, sims).statistic
-        return {
+        out = {
             "retention_similarity": float(rho),
             "retention_cosine": float((now * self.base).sum(1).mean()),
         }
+        if self.mlm_head is not None:
+            out[MaskedLMHead.PPL] = self._ppl(enc)
+        return out
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         return self.score(model)
+
+    def summarize(self, after: dict[str, float]) -> dict[str, float]:
+        key = MaskedLMHead.PPL
+        if key not in after or key not in self.before:
+            return {}
+        b, a = self.before[key], after[key]
+        return {
+            f"{key}_before": b,
+            f"{key}_after": a,
+            f"{key}_increase": a / b - 1.0 if b > 0 else float("nan"),
+        }
