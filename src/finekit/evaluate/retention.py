@@ -95,9 +95,9 @@ class MaskedLMHead:
 
     PPL = "general_pseudo_perplexity"
 
-    def __init__(self, mlm: nn.Module) -> None:
+    def __init__(self, mlm: Any) -> None:  # a transformers *ForMaskedLM model
         self.mlm = mlm.eval().requires_grad_(False)
-        self.prefix = mlm.base_model_prefix
+        self.prefix: str = mlm.base_model_prefix
         self.tied = bool(getattr(mlm.config, "tie_word_embeddings", False))
 
     @classmethod
@@ -129,8 +129,10 @@ class MaskedLMHead:
         """The masked-LM model with `encoder` in place of its own."""
         setattr(self.mlm, self.prefix, encoder)
         if self.tied:
-            self.mlm.get_output_embeddings().weight = encoder.get_input_embeddings().weight
-        return self.mlm.to(next(encoder.parameters()).device)
+            embeddings: Any = encoder.get_input_embeddings()  # type: ignore[operator]
+            self.mlm.get_output_embeddings().weight = embeddings.weight
+        model: nn.Module = self.mlm.to(next(encoder.parameters()).device)
+        return model
 
     def score(
         self,

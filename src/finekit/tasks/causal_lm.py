@@ -526,7 +526,9 @@ def fold_text(
         cuts.append(min(max(cut, cuts[-1]), total))
     cuts.append(total)
     lo, hi = cuts[index], cuts[index + 1]
-    before, held, after = [], [], []
+    before: list[pd.DataFrame] = []
+    held: list[pd.DataFrame] = []
+    after: list[pd.DataFrame] = []
     for i in range(len(texts)):
         s0, s1 = starts[i], starts[i + 1]
         for part, a, b in (
