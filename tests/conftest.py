@@ -170,3 +170,36 @@ def build_tiny_llama(
     model.save_pretrained(d)
     fast.save_pretrained(d)
     return d
+
+
+def build_tiny_bert_mlm(
+    d: Path, words: set[str], before_save: Callable[[Any, Any], None] | None = None
+) -> Path:
+    """A random 2-layer BERT *with* its MLM head (hidden 32) and a word-level tokenizer
+    ([MASK] known) over `words` plus the words of finekit's general reference, saved as an
+    HF folder; `before_save(model, tokenizer)` may train it a little first."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    from finekit.evaluate.retention import reference_sentences
+
+    general = {
+        w.strip(".,;:!?\"'()").lower() for s in reference_sentences(None)[0] for w in s.split()
+    }
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted((words | general) - {""})]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = BertForMaskedLM(cfg)
+    if before_save is not None:
+        before_save(model, tok)
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

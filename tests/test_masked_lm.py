@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import build_tiny_bert_mlm
 
 from finekit import finetune, load_run
 from finekit.errors import ModelError
@@ -38,27 +39,8 @@ def domain_text(n: int, seed: int) -> str:
 @pytest.fixture(scope="module")
 def tiny_bert_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT *with* its MLM head and a word-level tokenizer ([MASK] known)."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny-bert-mlm")
     words = {w for phrase in SUBJECTS + VERBS + PLACES for w in phrase.split()} | {"."}
-    general = {
-        w.strip(".,;:!?\"'()").lower() for s in reference_sentences(None)[0] for w in s.split()
-    }
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted((words | general) - {""})]
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertForMaskedLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return build_tiny_bert_mlm(tmp_path_factory.mktemp("tiny-bert-mlm"), words)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import CLASS_WORDS, FILLER
+from conftest import CLASS_WORDS, FILLER, build_tiny_bert_mlm
 
 from finekit import Recipe, finetune
 from finekit.errors import RecipeError
@@ -24,43 +24,22 @@ PPL = "general_pseudo_perplexity"
 def bert_with_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT with its MLM head, given a little masked-LM training on general
     English (a skill to lose), over a vocabulary with the toy intents' words."""
-    from transformers import (
-        BertConfig,
-        BertForMaskedLM,
-        BertTokenizerFast,
-        DataCollatorForLanguageModeling,
-    )
+    from transformers import DataCollatorForLanguageModeling
 
-    d = tmp_path_factory.mktemp("bert-mlm-head")
-    general = {
-        w.strip(".,;:!?\"'()").lower() for s in reference_sentences(None)[0] for w in s.split()
-    }
+    def pretrain(model: Any, tok: Any) -> None:
+        collate = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
+        enc = [tok(s, truncation=True, max_length=48) for s in reference_sentences(None)[0]]
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(60):
+            idx = torch.randperm(len(enc), generator=g)[:32].tolist()
+            batch = collate([{"input_ids": enc[i]["input_ids"]} for i in idx])
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+
     toy = {w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted((general | toy) - {""})]
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    model = BertForMaskedLM(cfg)
-    collate = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
-    enc = [tok(s, truncation=True, max_length=48) for s in reference_sentences(None)[0]]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        idx = torch.randperm(len(enc), generator=g)[:32].tolist()
-        batch = collate([{"input_ids": enc[i]["input_ids"]} for i in idx])
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return build_tiny_bert_mlm(tmp_path_factory.mktemp("bert-mlm-head"), toy, pretrain)
 
 
 def _recipe(model: Path, toy_data: dict, tmp_path: Path, **over: Any) -> Recipe:
