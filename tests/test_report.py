@@ -110,10 +110,30 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
     )
     saved = json.loads((out / "compare.json").read_text())
     assert saved["size_unit"] == "examples per class"
+    # Gains: the recipe minus each rung, paired by seed, from the runs' own test metrics.
+    metric = saved["metric"]
+
+    def test_metric(rung: str, size: object, seed: int) -> float:
+        run = json.loads(
+            (out / "runs" / rung / str(size) / f"seed-{seed}" / "run.json").read_text()
+        )
+        return float(run["metrics"]["test"][metric])
+
+    gain = {(g["against"], g["size"]): g for g in saved["gains"]}
+    assert set(gain) == {(a, b) for a in ("scratch", "linear-probe") for b in (4, "full")}
+    g = gain[("scratch", "full")]
+    diffs = [
+        test_metric("recipe", "full", sd) - test_metric("scratch", "full", sd) for sd in (42, 43)
+    ]
+    assert g["seeds"] == [42, 43] and g["values"] == pytest.approx(diffs)
+    assert g["mean"] == pytest.approx(sum(diffs) / 2)
+    assert g["recipe_better_in"] == sum(d > 0 for d in diffs)
+    assert saved["higher_is_better"] is True
     assert "random init" in saved["rungs"]["scratch"]["note"]
     assert (out / "learning_curve.png").stat().st_size > 1000
     html = (out / "report.html").read_text()
     assert "Ladder" in html and "runs/recipe/4/seed-42/report.html" in html
+    assert "vs scratch" in html and "paired by seed" in html
     # Rerun: everything is skipped.
     logs.clear()
     compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append, min_steps=0)

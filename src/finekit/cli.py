@@ -353,6 +353,12 @@ def compare(
             f"{c['rung']:<13} size={c['size']!s:<5} {result['metric']} "
             f"{c['mean']:.4f} ± {c['std']:.4f}"
         )
+    for g in result["gains"]:
+        typer.echo(
+            f"recipe vs {g['against']:<13} size={g['size']!s:<5} {g['mean']:+.4f} ± "
+            f"{g['std']:.4f} (paired by seed; recipe better in "
+            f"{g['recipe_better_in']} of {len(g['values'])})"
+        )
     typer.echo(f"compare directory: {out} (compare.json, learning_curve.png, report.html)")
 
 

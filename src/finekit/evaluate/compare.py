@@ -347,9 +347,11 @@ def aggregate(
                     "runs": [x["run_dir"] for x in group],
                 }
             )
+    higher = recipe.evaluation.resolved_mode() == "max"
     return {
         "recipe": recipe.name,
         "metric": metric,
+        "higher_is_better": higher,
         "split": split,
         "size_unit": "examples per class" if classes else "training examples",
         "sizes": sizes,
@@ -364,4 +366,43 @@ def aggregate(
         "smallest_class": min(counts.values()) if counts else None,
         "epochs": {f"{c['rung']}/{c['size']}": c["epochs"] for c in cells},
         "cells": cells,
+        "gains": gains(runs, rungs, sizes, split, metric, higher),
     }
+
+
+def gains(
+    runs: list[dict[str, Any]],
+    rungs: list[str],
+    sizes: list[int | str],
+    split: str,
+    metric: str,
+    higher: bool,
+) -> list[dict[str, Any]]:
+    """The recipe's advantage over every other rung at every size, paired by seed (the
+    same seed draws the same examples, split and head for both): per-seed differences in
+    the metric's own units, signed so that > 0 means the recipe is better."""
+    value = {(x["rung"], x["size"], x["seed"]): x["run"]["metrics"][split][metric] for x in runs}
+    out = []
+    for rung in rungs:
+        if rung == "recipe":
+            continue
+        for size in sizes:
+            seeds = [
+                sd
+                for (r, s, sd) in value
+                if r == "recipe" and s == size and (rung, size, sd) in value
+            ]
+            if not seeds:
+                continue
+            sign = 1.0 if higher else -1.0
+            diffs = [sign * (value["recipe", size, sd] - value[rung, size, sd]) for sd in seeds]
+            out.append(
+                {
+                    "against": rung,
+                    "size": size,
+                    **spread(diffs),
+                    "seeds": seeds,
+                    "recipe_better_in": sum(d > 0 for d in diffs),
+                }
+            )
+    return out

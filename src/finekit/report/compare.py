@@ -123,18 +123,21 @@ def compare_report(out: Path) -> Path:
         left=3,
     )
     lines = []
-    for base in ("scratch", "scratch-same"):
-        if base not in data["rungs"]:
+    unit_pts = all(0.0 <= c["mean"] <= 1.0 for c in data["cells"])
+    for g in data.get("gains", []):
+        a, b = cell.get(("recipe", str(g["size"]))), cell.get((g["against"], str(g["size"])))
+        if not (a and b):
             continue
-        for s in sizes:
-            a, b = cell.get(("recipe", str(s))), cell.get((base, str(s)))
-            if a and b:
-                gap = 100 * (a["mean"] - b["mean"])
-                lines.append(
-                    f"<li>{esc(s)} {esc(data['size_unit'])}: fine-tuned {a['mean']:.3f} vs "
-                    f"{esc(base)} {b['mean']:.3f} — "
-                    f"<b class={'ok' if gap > 0 else 'bad'}>{gap:+.1f} points</b></li>"
-                )
+        scale, unit = (100.0, " points") if unit_pts else (1.0, "")
+        gap = f"{scale * g['mean']:+.1f}{unit}"
+        spread_ = f" ± {scale * g['std']:.1f}" if len(g["values"]) > 1 else ""
+        lines.append(
+            f"<li>{esc(g['size'])} {esc(data['size_unit'])}: fine-tuned {a['mean']:.3f} vs "
+            f"{esc(g['against'])} {b['mean']:.3f} — "
+            f"<b class={'ok' if g['mean'] > 0 else 'bad'}>{esc(gap)}</b>{esc(spread_)} "
+            f"(paired by seed; fine-tuned better in {g['recipe_better_in']} of "
+            f"{len(g['values'])})</li>"
+        )
     verdict = "<ul>" + "".join(lines) + "</ul>" if lines else ""
     sections = [
         ("Ladder", ladder + verdict),

@@ -202,7 +202,7 @@ class ClassifyTask:
 
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         texts, pairs = self._texts(df)
-        full = processor(texts, pairs, truncation=False, add_special_tokens=True)
+        full = processor(texts, pairs, truncation=False, add_special_tokens=True, verbose=False)
         lengths = [len(ids) for ids in full["input_ids"]]
         over = [i for i, n in enumerate(lengths) if n > self.max_length]
         lost = sum(lengths[i] - self.max_length for i in over)
