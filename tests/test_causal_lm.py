@@ -287,3 +287,31 @@ def test_methods_apply_to_a_causal_lm(
     emb = [p for n, p in model.named_parameters() if "embed_tokens" in n]
     assert emb and all(p.requires_grad != frozen_embeddings for p in emb)
     assert any(p.requires_grad for p in model.parameters())
+
+
+def test_compare_counts_token_blocks_for_a_language_model(
+    tiny_llama: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """Tasks without classes: sizes are training token blocks, perplexity is lower-is-better
+    in the gains, and the ladder, curve and report are written."""
+    from finekit.evaluate.compare import compare
+
+    r = Recipe.from_dict(
+        _recipe(tiny_llama, corpus_dir, tmp_path / "unused", training={"max_steps": 6})
+    )
+    out = tmp_path / "cmp"
+    result = compare(r, "scratch", "6,full", 1, out, echo=lambda _: None, min_steps=0)
+    assert result["size_unit"] == "training token blocks"
+    assert result["higher_is_better"] is False
+    cells = {(c["rung"], c["size"]): c for c in result["cells"]}
+    assert cells[("recipe", 6)]["train_examples"] == 6
+    assert cells[("recipe", "full")]["train_examples"] > 6
+    ppl = {
+        k: json.loads((out / "runs" / k[0] / str(k[1]) / "seed-42" / "run.json").read_text())[
+            "metrics"
+        ][result["split"]]["perplexity"]
+        for k in cells
+    }
+    (g,) = [g for g in result["gains"] if g["size"] == "full"]
+    assert g["values"] == [pytest.approx(ppl[("scratch", "full")] - ppl[("recipe", "full")])]
+    assert (out / "report.html").is_file() and (out / "learning_curve.png").stat().st_size > 1000

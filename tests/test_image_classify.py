@@ -84,8 +84,16 @@ def test_npz_trains_and_export_predicts_identically(tiny_resnet, toy_npz, tmp_pa
         __import__("json").loads(line)
         for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()
     ]
-    losses = [r["loss"] for r in rows if "loss" in r and r.get("kind", "train") == "train"]
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    losses = [r["loss"] for r in rows if "loss" in r and r["split"] == "train"]
+    assert len(losses) >= 10 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    # Cost: the forward pass counted on real images, priced for compare (no tokens here).
+    from finekit.evaluate.compare import run_flops
+
+    train = res.summary["train"]
+    assert train["tokens_seen"] == 0 and train["forward_flops_per_example"] > 1e5
+    flops, rule = run_flops(train, "full")
+    assert rule == "measured forward"
+    assert flops == pytest.approx(3 * train["forward_flops_per_example"] * train["samples_seen"])
     files = {p.name for p in (res.run_dir / "eval").iterdir()}
     assert {"gradcam_test.png", "roc_test.png", "reliability_test.png"} <= files
     # Reloaded export == the run's own test metrics, example by example.
@@ -241,3 +249,27 @@ def test_lora_on_a_cnn_adapts_convolutions_and_merges(tiny_resnet, toy_npz, tmp_
     preds = load_run(res.run_dir).predict(pd.DataFrame({"image": list(x)}))
     saved = pd.read_csv(res.run_dir / "eval" / "predictions_test.csv")
     assert [p["label"] for p in preds] == saved["predicted"].tolist()
+
+
+def test_forward_flops_scale_with_resolution_and_keep_the_rng(tiny_resnet, toy_npz, tmp_path):
+    """A CNN's cost is set by its pixels, not its parameters: doubling the side costs ~4x;
+    measuring draws nothing from the run's random streams."""
+    import random
+
+    from finekit.api import _setup
+    from finekit.train.flops import forward_flops_per_example
+
+    per_example = {}
+    for side in (32, 64):
+        r = Recipe.from_dict(
+            recipe(tiny_resnet, toy_npz, tmp_path / "unused", task={"image_size": side})
+        )
+        s = _setup(r)
+        proc = s.loaded.processor
+        train = s.task.encode(s.prepared.splits.train, proc, "train")
+        torch.manual_seed(1), random.seed(1), np.random.seed(1)
+        per_example[side] = forward_flops_per_example(s.task, s.model, train, s.task.collator(proc))
+        after = (torch.rand(1).item(), random.random(), np.random.rand())
+        torch.manual_seed(1), random.seed(1), np.random.seed(1)
+        assert after == (torch.rand(1).item(), random.random(), np.random.rand())
+    assert 3.5 < per_example[64] / per_example[32] < 4.5

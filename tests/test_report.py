@@ -149,6 +149,48 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
         compare(r, "scratch", "500", 1, tmp_path / "other")
     with pytest.raises(RecipeError, match="unknown rung 'nope'; known: scratch"):
         compare(r, "scratch,nope", "4", 1, tmp_path / "other2")
+    # Other options than the finished cells were trained with: refused, not silently mixed.
+    with pytest.raises(
+        RunDirError, match=r"another recipe for this cell \(differs in .*training\.epochs"
+    ):
+        compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append, min_steps=500)
+
+
+def test_sizes_and_rungs_are_deduplicated(tiny_recipe: Recipe) -> None:
+    from finekit.evaluate.compare import parse_rungs, parse_sizes
+
+    assert parse_sizes("8, 8,full,32,full") == [8, "full", 32]
+    assert parse_rungs("scratch,lora,scratch,full", tiny_recipe) == ["recipe", "scratch", "lora"]
+
+
+def test_missing_values_are_counted_not_averaged() -> None:
+    from finekit.evaluate.compare import gains, spread
+    from finekit.report.compare import _fmt, _x
+
+    s = spread([0.8, None, 0.6])
+    assert s["mean"] == pytest.approx(0.7) and s["missing"] == 1 and len(s["values"]) == 3
+    assert spread([None])["mean"] is None and _fmt({**spread([None])}) == "—"
+    assert "1 run(s) without a value" in _fmt(s)
+
+    def run(v: float | None) -> dict:
+        return {"metrics": {"test": {"roc_auc": v}}}
+
+    runs = [
+        {"rung": "recipe", "size": 4, "seed": 1, "run": run(0.9)},
+        {"rung": "scratch", "size": 4, "seed": 1, "run": run(0.7)},
+        {"rung": "recipe", "size": 4, "seed": 2, "run": run(None)},
+        {"rung": "scratch", "size": 4, "seed": 2, "run": run(0.5)},
+    ]
+    (g,) = gains(runs, ["recipe", "scratch"], [4], "test", "roc_auc", higher=True)
+    assert g["seeds"] == [1] and g["values"] == [pytest.approx(0.2)]
+    (g,) = gains(runs, ["recipe", "scratch"], [4], "test", "roc_auc", higher=False)
+    assert g["values"] == [pytest.approx(-0.2)]  # lower-is-better metrics flip the sign
+    # The curve's x is what a cell really trained on: 128 per class capped by small
+    # classes sits left of 'full', not at 128.
+    data = {"num_classes": 4}
+    capped = _x({"size": 128, "train_examples": 400}, data)
+    full = _x({"size": "full", "train_examples": 420}, data)
+    assert capped == 100 and full == 105 and capped < full
 
 
 def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Path) -> None:

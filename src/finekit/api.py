@@ -51,6 +51,7 @@ from finekit.rundir import (
 )
 from finekit.tasks import EncodedDataset, build_task
 from finekit.tasks.base import Prepared, Task
+from finekit.train.flops import forward_flops_per_example
 from finekit.train.loop import Loop, detect_device_type, make_accelerator
 from finekit.train.monitors import EarlyStopping, OverfitMonitor
 from finekit.train.precision import resolve_precision
@@ -318,6 +319,9 @@ def _run(
                 **{f"{k}_before": m[k] for k in getattr(task, "metric_names", ()) if k in m},
             }
     retention = _retention(r, model, loaded.processor, task, loaded.source)
+    fwd_flops = forward_flops_per_example(
+        task, model, encoded["train"], task.collator(loaded.processor)
+    )
     loop = Loop(
         task,
         model,
@@ -444,6 +448,7 @@ def _run(
                     "steps": summary.steps,
                     "epochs": round(summary.epochs, 3),
                     "samples_seen": summary.samples_seen,
+                    "forward_flops_per_example": fwd_flops,
                     "tokens_seen": summary.tokens_seen,
                     "precision": summary.precision,
                     "device": summary.device,

@@ -349,10 +349,8 @@ def compare(
     result = run_compare(r, against, sizes, seeds, out, echo=typer.echo, min_steps=min_steps)
     typer.echo("")
     for c in result["cells"]:
-        typer.echo(
-            f"{c['rung']:<13} size={c['size']!s:<5} {result['metric']} "
-            f"{c['mean']:.4f} ± {c['std']:.4f}"
-        )
+        value = "n/a" if c["mean"] is None else f"{c['mean']:.4f} ± {c['std']:.4f}"
+        typer.echo(f"{c['rung']:<13} size={c['size']!s:<5} {result['metric']} {value}")
     for g in result["gains"]:
         typer.echo(
             f"recipe vs {g['against']:<13} size={g['size']!s:<5} {g['mean']:+.4f} ± "

@@ -19,7 +19,7 @@ from typing import Any
 
 from finekit.errors import DataError, RecipeError, RunDirError
 from finekit.recipe import Recipe
-from finekit.rundir import is_run_dir, read_json, recipe_diff, write_json
+from finekit.rundir import RECIPE, is_run_dir, read_json, recipe_diff, write_json
 
 log = logging.getLogger(__name__)
 COMPARE_JSON = "compare.json"
@@ -100,7 +100,7 @@ def parse_sizes(text: str) -> list[int | str]:
             out.append(int(part))
         else:
             raise RecipeError(f"--sizes: {part!r} is neither a positive integer nor 'full'")
-    return out
+    return list(dict.fromkeys(out))  # "8,8" is one size, not two runs per seed
 
 
 def parse_rungs(text: str, recipe: Recipe) -> list[str]:
@@ -111,7 +111,7 @@ def parse_rungs(text: str, recipe: Recipe) -> list[str]:
             raise RecipeError(f"--against: unknown rung {n!r}; known: {', '.join(RUNGS)}")
     # `full` on a full-fine-tuning recipe is the recipe itself: train it once.
     same = {"full"} if recipe.method.name == "full" else set()
-    return ["recipe", *[n for n in names if n != "recipe" and n not in same]]
+    return list(dict.fromkeys(["recipe", *[n for n in names if n not in same]]))
 
 
 def cell_epochs(recipe: Recipe, n_train: int, min_steps: int) -> float:
@@ -179,32 +179,68 @@ def train_flops(total: int, trainable: int, tokens: int, method: str) -> float:
     return float(tokens) * (2 * total + (2 * total if backprop_body else 0) + 2 * trainable)
 
 
-def check_sizes(recipe: Recipe, sizes: list[int | str]) -> tuple[bool, dict[str, int], int]:
-    """Fail before any training when a size exceeds what the data holds."""
+def run_flops(train: dict[str, Any], method: str) -> tuple[float, str]:
+    """A run's training FLOPs and the rule used: 6·N·T on tokens for token models; the
+    measured forward pass (run.json `forward_flops_per_example`) times the examples seen
+    where there are no tokens (images, audio); 6·N per example for older runs without a
+    count (a floor: it ignores resolution)."""
+    from finekit.train.flops import training_flops
+
+    total, trainable = train["total_parameters"], train["trainable_parameters"]
+    if train.get("tokens_seen"):
+        return train_flops(total, trainable, train["tokens_seen"], method), "6NT tokens"
+    seen = train.get("samples_seen", 0)
+    if fwd := train.get("forward_flops_per_example"):
+        return training_flops(fwd, seen, trainable, total, method), "measured forward"
+    return train_flops(total, trainable, seen, method), "6N per example (floor)"
+
+
+def check_sizes(
+    recipe: Recipe, sizes: list[int | str], seeds: list[int]
+) -> tuple[bool, dict[str, int], int | None]:
+    """Fail before any training when a size exceeds what the data holds, under every
+    seed's hold-out (each seed draws its own validation split). Returns whether sizes
+    count per class, the class counts and the training size (None while unknown: a
+    language corpus is counted in token blocks only once tokenized)."""
     from finekit.data.splits import read_splits
     from finekit.tasks import build_task
 
-    task = build_task(recipe.task)
     base = recipe.with_overrides({"data.k_per_class": None, "data.max_train_samples": None})
-    prepared = task.prepare(read_splits(base.data), base)
-    counts: dict[str, int] = prepared.info.get("train_class_counts", {})
-    classes = bool(counts)
-    for s in sizes:
-        if not isinstance(s, int):
-            continue
-        if classes:
-            largest = max(counts, key=lambda k: counts[k])
-            if s > counts[largest]:
+    largest_size = max((s for s in sizes if isinstance(s, int)), default=0)
+    classes, counts, total, unit = False, {}, None, ""
+    for i, seed in enumerate(seeds):
+        if i and not largest_size:
+            break
+        task = build_task(recipe.task)
+        prepared = task.prepare(
+            read_splits(base.data), base.with_overrides({"training.seed": seed})
+        )
+        unit = task.size_unit
+        counts_s: dict[str, int] = prepared.info.get("train_class_counts", {})
+        total_s = task.train_size(prepared.info)
+        if i == 0:
+            classes, counts, total = bool(counts_s), counts_s, total_s
+        if counts_s:
+            largest = max(counts_s, key=lambda k: counts_s[k])
+            if largest_size > counts_s[largest]:
                 raise DataError(
-                    f"--sizes {s}: larger than the largest class in {recipe.data.train} "
-                    f"({counts[largest]} training examples of {largest!r} after the "
-                    f"validation hold-out); largest possible: {counts[largest]}"
+                    f"--sizes {largest_size}: larger than the largest class in "
+                    f"{recipe.data.train} ({counts_s[largest]} training examples of "
+                    f"{largest!r} after seed {seed}'s validation hold-out); largest "
+                    f"possible: {counts_s[largest]}"
                 )
-        elif s > prepared.info["rows"]["train"]:
+        elif total_s is not None and largest_size > total_s:
             raise DataError(
-                f"--sizes {s}: larger than the training set ({prepared.info['rows']['train']} rows)"
+                f"--sizes {largest_size}: larger than the training set of "
+                f"{recipe.data.train} ({total_s} {unit} after seed {seed}'s hold-out)"
             )
-    return classes, counts, int(prepared.info["rows"]["train"])
+    if not classes and total is None and largest_size:
+        log.info(
+            "sizes count %s, known once tokenized: a size above the corpus's keeps all "
+            "its blocks (each cell's real count is in compare.json)",
+            unit,
+        )
+    return classes, counts, total
 
 
 def compare(
@@ -236,10 +272,10 @@ def compare(
                 f"compare directory {out} was made by another recipe (differs in "
                 f"{', '.join(diff)}); use another --output"
             )
-    classes, counts, total_train = check_sizes(recipe, size_list)
+    seed_list = [recipe.training.seed + i for i in range(seeds)]
+    classes, counts, total_train = check_sizes(recipe, size_list, seed_list)
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_yaml(stored)
-    seed_list = [recipe.training.seed + i for i in range(seeds)]
     method_name = recipe.method.name
     cells = [(r, s, sd) for s in size_list for sd in seed_list for r in rungs]
     runs: list[dict[str, Any]] = []
@@ -250,7 +286,7 @@ def compare(
             if classes and isinstance(size, int)
             else size
             if isinstance(size, int)
-            else total_train
+            else total_train or 0
         )
         r = rung_recipe(recipe, rung, size, seed, run_dir, classes, n_train, min_steps)
         tag = f"[{i}/{len(cells)}] {rung:<13} size={size!s:<5} seed={seed}"
@@ -278,6 +314,14 @@ def run_or_skip(r: Recipe, run_dir: Path, tag: str, echo: Callable[[str], Any]) 
     resumes); its run.json."""
     from finekit.api import finetune
 
+    if is_run_dir(run_dir) and (run_dir / RECIPE).is_file():
+        diff = recipe_diff(Recipe.from_yaml(run_dir / RECIPE), r)
+        if diff:  # e.g. another --min-steps: the cell's epochs changed since it ran
+            raise RunDirError(
+                f"{run_dir} was trained with another recipe for this cell (differs in "
+                f"{', '.join(diff)}): the compare's options changed since (--min-steps?); "
+                "rerun with the same options, or use another --output"
+            )
     done = is_run_dir(run_dir) and read_json(run_dir / "run.json").get("status") == "completed"
     if done:
         echo(f"{tag}: done before, skipped")
@@ -290,13 +334,20 @@ def run_or_skip(r: Recipe, run_dir: Path, tag: str, echo: Callable[[str], Any]) 
     return read_json(run_dir / "run.json")
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (n - 1; 0 for a single value) and the values."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (n - 1; 0 for a single value) and the values. A
+    run that could not measure the metric (None: e.g. ROC-AUC on a one-class split) is
+    kept in `values` and counted in `missing` (present only then), not averaged; all
+    missing gives None."""
+    known = [float(v) for v in values if v is not None and not math.isnan(v)]
+    out: dict[str, Any] = {
+        "mean": statistics.fmean(known) if known else None,
+        "std": (statistics.stdev(known) if len(known) > 1 else 0.0) if known else None,
         "values": values,
     }
+    if len(known) < len(values):
+        out["missing"] = len(values) - len(known)
+    return out
 
 
 def aggregate(
@@ -309,24 +360,20 @@ def aggregate(
     counts: dict[str, int],
     method_name: str,
 ) -> dict[str, Any]:
+    from finekit.tasks import build_task
+
+    task = build_task(recipe.task)
     metric = recipe.evaluation.metric
     split = "test" if all("test" in x["run"].get("metrics", {}) for x in runs) else "validation"
     cells = []
     for rung in rungs:
         for size in sizes:
             group = [x for x in runs if x["rung"] == rung and x["size"] == size]
-            vals = [x["run"]["metrics"][split][metric] for x in group]
+            vals = [x["run"]["metrics"][split].get(metric) for x in group]
             trains = [x["run"]["train"] for x in group]
             meth = group[0]["run"].get("method", method_name) if group else ""
-            flops = [
-                train_flops(
-                    t["total_parameters"],
-                    t["trainable_parameters"],
-                    t.get("tokens_seen") or t.get("samples_seen", 0),
-                    meth,
-                )
-                for t in trains
-            ]
+            priced = [run_flops(t, meth) for t in trains]
+            flops = [f for f, _ in priced]
             cells.append(
                 {
                     "rung": rung,
@@ -335,7 +382,7 @@ def aggregate(
                     **spread(vals),
                     "seeds": [x["seed"] for x in group],
                     "train_examples": statistics.fmean(
-                        x["run"]["data"]["rows"]["train"] for x in group
+                        task.train_size(x["run"].get("data", {})) or 0 for x in group
                     ),
                     "train_seconds": statistics.fmean(t["seconds"] for t in trains),
                     "wall_seconds": statistics.fmean(
@@ -344,6 +391,7 @@ def aggregate(
                     "trainable_parameters": trains[0]["trainable_parameters"],
                     "epochs": trains[0].get("epochs"),
                     "train_flops": statistics.fmean(flops),
+                    "flops_rule": priced[0][1],
                     "runs": [x["run_dir"] for x in group],
                 }
             )
@@ -353,7 +401,7 @@ def aggregate(
         "metric": metric,
         "higher_is_better": higher,
         "split": split,
-        "size_unit": "examples per class" if classes else "training examples",
+        "size_unit": "examples per class" if classes else task.size_unit,
         "sizes": sizes,
         "seeds": seeds,
         "rungs": {
@@ -380,8 +428,13 @@ def gains(
 ) -> list[dict[str, Any]]:
     """The recipe's advantage over every other rung at every size, paired by seed (the
     same seed draws the same examples, split and head for both): per-seed differences in
-    the metric's own units, signed so that > 0 means the recipe is better."""
-    value = {(x["rung"], x["size"], x["seed"]): x["run"]["metrics"][split][metric] for x in runs}
+    the metric's own units, signed so that > 0 means the recipe is better. Seeds where
+    either run has no value are left out of the pair list."""
+    value = {
+        (x["rung"], x["size"], x["seed"]): v
+        for x in runs
+        if (v := x["run"]["metrics"][split].get(metric)) is not None and not math.isnan(v)
+    }
     out = []
     for rung in rungs:
         if rung == "recipe":

@@ -19,22 +19,33 @@ CURVE = "learning_curve.png"
 
 
 def _x(cell: dict[str, Any], data: dict[str, Any]) -> float:
-    """x position: the size, or for 'full' the mean training examples per class (total
-    examples for tasks without classes)."""
-    if cell["size"] != "full":
-        return float(cell["size"])
+    """x position: what the cell really trained on — mean training examples per class
+    (a size above a small class keeps only that class's examples, so 128 per class can be
+    fewer than 128; 'full' sits at its own mean), or total examples without classes."""
     n_classes = data.get("num_classes")
-    return cell["train_examples"] / n_classes if n_classes else cell["train_examples"]
+    if cell.get("train_examples"):
+        return float(cell["train_examples"] / n_classes if n_classes else cell["train_examples"])
+    return float(cell["size"]) if cell["size"] != "full" else float("nan")
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return "—"
+    missing = f" ({cell['missing']} run(s) without a value)" if cell.get("missing") else ""
+    std = f" ± {cell['std']:.4f}" if len(cell.get("values", [])) > 1 else ""
+    return f"{cell['mean']:.4f}{std}{missing}"
 
 
 def learning_curve_png(data: dict[str, Any]) -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for rung in data["rungs"]:
-        cells = [c for c in data["cells"] if c["rung"] == rung]
-        xs = [_x(c, data) for c in cells]
+        cells = sorted(
+            (c for c in data["cells"] if c["rung"] == rung and c.get("mean") is not None),
+            key=lambda c: _x(c, data),
+        )
         label = rung if rung != "recipe" else f"recipe ({data['rungs'][rung]['method']})"
         ax.errorbar(
-            xs,
+            [_x(c, data) for c in cells],
             [c["mean"] for c in cells],
             yerr=[c["std"] for c in cells],
             marker="o",
@@ -42,10 +53,12 @@ def learning_curve_png(data: dict[str, Any]) -> bytes:
             label=label,
         )
     ax.set_xscale("log")
-    values = [c["mean"] for c in data["cells"]]
+    values = [c["mean"] for c in data["cells"] if c.get("mean") is not None]
     if data["metric"] != "loss" and all(0 <= v <= 1 for v in values):
         ax.set_ylim(0, 1.02)  # the whole scale: gaps are not visually exaggerated
-    ax.set_xlabel(data["size_unit"] + " (log scale; 'full' at its mean)")
+    unit = data["size_unit"]
+    what = "mean " + unit + " trained on" if data.get("num_classes") else unit
+    ax.set_xlabel(what + " (log scale)")
     ax.set_ylabel(f"{data['split']} {data['metric']}")
     ax.set_title("Learning curves: metric vs training data, one line per rung")
     ax.grid(alpha=0.3, which="both")
@@ -74,12 +87,7 @@ def compare_report(out: Path) -> Path:
         [
             [
                 r,
-                *[
-                    f"{cell[(r, str(s))]['mean']:.4f} ± {cell[(r, str(s))]['std']:.4f}"
-                    if (r, str(s)) in cell
-                    else "—"
-                    for s in sizes
-                ],
+                *[_fmt(cell.get((r, str(s)))) for s in sizes],
             ]
             for r in rungs
         ],
@@ -123,10 +131,10 @@ def compare_report(out: Path) -> Path:
         left=3,
     )
     lines = []
-    unit_pts = all(0.0 <= c["mean"] <= 1.0 for c in data["cells"])
+    unit_pts = all(0.0 <= c["mean"] <= 1.0 for c in data["cells"] if c.get("mean") is not None)
     for g in data.get("gains", []):
         a, b = cell.get(("recipe", str(g["size"]))), cell.get((g["against"], str(g["size"])))
-        if not (a and b):
+        if not (a and b) or g.get("mean") is None or a.get("mean") is None or b.get("mean") is None:
             continue
         scale, unit = (100.0, " points") if unit_pts else (1.0, "")
         gap = f"{scale * g['mean']:+.1f}{unit}"
@@ -149,8 +157,10 @@ def compare_report(out: Path) -> Path:
         ),
         (
             "Cost",
-            cost + "<p class=muted>FLOPs: 6·N·T rule (Kaplan et al. 2020) split into "
-            "forward, activation and weight gradients; T = tokens seen.</p>",
+            cost + "<p class=muted>FLOPs: for token models the 6·N·T rule (Kaplan et al. "
+            "2020) split into forward, activation and weight gradients, T = tokens seen; "
+            "for images and audio the forward pass counted by PyTorch's FlopCounterMode "
+            "on real examples, priced the same way, times the examples seen.</p>",
         ),
         ("Rungs", notes),
     ]

@@ -142,7 +142,7 @@ def run_report(run_dir: Path) -> Path:
 
     kpis = []
     for split in ("test", "validation"):
-        if split in metrics and metric in metrics[split]:
+        if split in metrics and isinstance(metrics[split].get(metric), int | float):
             kpis.append(
                 f"<span class=kpi>{esc(split)} {esc(metric)}"
                 f"<b>{metrics[split][metric]:.4f}</b></span>"

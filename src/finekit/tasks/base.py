@@ -73,6 +73,13 @@ class Task(Protocol):
         """The head the model room attaches (valid after `prepare`)."""
         ...
 
+    size_unit: str  # what `data.max_train_samples` and `finekit compare --sizes` count
+
+    def train_size(self, info: dict[str, Any]) -> int | None:
+        """The training examples in `size_unit`s, read from `prepare`'s info or a run's
+        `data` record; None while unknown (token blocks exist only after `encode`)."""
+        ...
+
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         """Turn rows into model features (tokens, pixels...), counting truncation."""
         ...

@@ -118,6 +118,12 @@ class CausalLMTask:
         if (texts.isna() | (texts.astype(str).str.strip() == "")).all():
             raise DataError(f"{source}: column {self.text_column!r} holds no text (empty corpus)")
 
+    size_unit = "training token blocks"
+
+    def train_size(self, info: dict[str, Any]) -> int | None:
+        n = info.get("tokens", {}).get("train", {}).get("blocks")
+        return None if n is None else int(n)
+
     def head(self) -> HeadSpec:
         return HeadSpec(kind="causal-lm")
 

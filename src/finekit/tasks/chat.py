@@ -257,6 +257,12 @@ class ChatTask:
         prefix = self.config.style.prefix_first_reply
         return apply_house_style(msgs, prefix) if prefix else msgs
 
+    size_unit = "training conversations"
+
+    def train_size(self, info: dict[str, Any]) -> int | None:
+        n = info.get("conversations", {}).get("train")
+        return None if n is None else int(n)
+
     def head(self) -> HeadSpec:
         return HeadSpec(kind="causal-lm")
 

@@ -187,6 +187,12 @@ class ClassifyTask:
                     f"(data rows {rows}, 1-based, header not counted); fill or drop them"
                 )
 
+    size_unit = "training examples"
+
+    def train_size(self, info: dict[str, Any]) -> int | None:
+        n = info.get("rows", {}).get("train")
+        return None if n is None else int(n)
+
     def head(self) -> HeadSpec:
         return HeadSpec(
             kind="sequence-classification",
