@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+from html import escape as html_escape
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,10 @@ def test_run_report_is_self_contained_and_complete(
 ) -> None:
     # Plant a leak: one test row copied from training.
     train = pd.read_csv(toy_data["train"])
-    test = pd.concat([pd.read_csv(toy_data["test"]), train.head(1)])
+    # Its label is flipped, so the model (trained on that text) makes at least one error.
+    leaked = train.head(1).copy()
+    leaked["label"] = next(x for x in train["label"].unique() if x != leaked["label"].iloc[0])
+    test = pd.concat([pd.read_csv(toy_data["test"]), leaked])
     test.to_csv(tmp_path / "test_leaky.csv", index=False)
     r = tiny_recipe.with_overrides({"data.test": str(tmp_path / "test_leaky.csv")})
     result = finetune(r)
@@ -64,6 +68,21 @@ def test_run_report_is_self_contained_and_complete(
         r"<td class=\"l\">test</td><td class=\"\">46</td><td class=\"\">1</td>", html
     ), "leak not reported"
     assert "http://" not in html and "https://" not in html and "<script" not in html
+    # Worst-confused pairs: the most frequent (true, predicted) error of the test split,
+    # with its count and the most confident wrong text, as eval/predictions_test.csv has it.
+    pred = pd.read_csv(
+        result.run_dir / "eval" / "predictions_test.csv", dtype=str, keep_default_na=False
+    )
+    wrong = pred[pred["label"] != pred["predicted"]]
+    assert not wrong.empty  # the flipped leak
+    counts = wrong.groupby(["label", "predicted"]).size()
+    (true, predicted), n = max(counts.items(), key=lambda kv: kv[1])
+    pair = wrong[(wrong["label"] == true) & (wrong["predicted"] == predicted)]
+    top = pair.sort_values("confidence", key=lambda c: c.astype(float), ascending=False)
+    assert "Worst-confused pairs" in html
+    assert f'<td class="l">{true}</td><td class="l">{predicted}</td><td class="">{n}</td>' in html
+    assert html_escape(top["text"].iloc[0]) in html
+    assert f"{len(wrong)} errors of {len(pred)} examples" in html
     # The validation rows include the training-subset evaluation (the gap).
     rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(x["split"] == "train_eval" for x in rows)
