@@ -53,6 +53,11 @@ def learning_curve_png(data: dict[str, Any]) -> bytes:
             label=label,
         )
     ax.set_xscale("log")
+    xs = sorted({round(_x(c, data), 1) for c in data["cells"] if c.get("mean") is not None})
+    xs = [x for x in xs if x == x]  # not NaN
+    if xs:  # ticks where the cells are, in plain numbers (not 2x10^1)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
     values = [c["mean"] for c in data["cells"] if c.get("mean") is not None]
     if data["metric"] != "loss" and all(0 <= v <= 1 for v in values):
         ax.set_ylim(0, 1.02)  # the whole scale: gaps are not visually exaggerated
