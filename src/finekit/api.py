@@ -319,9 +319,9 @@ def _run(
                 **{f"{k}_before": m[k] for k in getattr(task, "metric_names", ()) if k in m},
             }
     retention = _retention(r, model, loaded.processor, task, loaded.source)
-    fwd_flops = forward_flops_per_example(
-        task, model, encoded["train"], task.collator(loaded.processor)
-    )
+    # Counted on a held-out split: reading training examples would draw augmentations.
+    plain = next((encoded[s] for s in ("validation", "test") if s in encoded), encoded["train"])
+    fwd_flops = forward_flops_per_example(task, model, plain, task.collator(loaded.processor))
     loop = Loop(
         task,
         model,

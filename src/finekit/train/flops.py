@@ -28,8 +28,10 @@ def forward_flops_per_example(
     collate: Callable[[list[Any]], dict[str, torch.Tensor]],
     n: int = 2,
 ) -> float | None:
-    """FLOPs of the task's loss forward pass, per example, on the first `n` training
-    examples (no gradients, model mode unchanged); None where it cannot be counted."""
+    """FLOPs of the task's evaluation forward pass (`eval_step`: no mixup or other
+    training-only work), per example, on the first `n` examples of `data` — pass a split
+    that is not augmented (no gradients, model mode unchanged); None where it cannot be
+    counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
     size = len(data)  # type: ignore[arg-type]
@@ -48,7 +50,7 @@ def forward_flops_per_example(
             model.eval()
             counter = FlopCounterMode(display=False)
             with torch.no_grad(), counter:
-                task.loss(model, batch)
+                task.eval_step(model, batch)
         return counter.get_total_flops() / k
     except Exception as e:  # a cost estimate must never stop a run
         log.info("forward FLOPs not counted (%s: %s)", type(e).__name__, e)
