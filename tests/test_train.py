@@ -189,9 +189,16 @@ def test_mid_epoch_resume_matches_and_logs_each_step_once(
         finetune(broken, callbacks=[CrashAtStep(8)])
     status = json.loads((tmp_path / "broken" / "run.json").read_text())
     assert status["status"] == "failed" and "simulated crash" in status["error"]
+    ckpt = tmp_path / "broken" / "checkpoints" / "step-00000005" / "progress.json"
+    spent = json.loads(ckpt.read_text())["wall_seconds"]
+    assert spent > 0  # the first attempt's time, to its checkpoint
     resumed = finetune(broken, resume=True)
     assert resumed.train["resumed_from"].endswith("step-00000005")
     assert resumed.metrics["test"] == full.metrics["test"]
+    # wall time covers both attempts: the cost table must not forget the interrupted one
+    this = resumed.summary["wall_seconds_this_attempt"]
+    assert resumed.summary["wall_seconds"] == pytest.approx(spent + this, abs=0.02)
+    assert full.summary["wall_seconds"] == full.summary["wall_seconds_this_attempt"]
     steps = [x["step"] for x in _rows(resumed.run_dir / "metrics.jsonl") if x["split"] == "train"]
     assert steps == sorted(set(steps)) == list(range(2, 29, 2))  # no duplicated rows
 

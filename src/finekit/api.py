@@ -338,6 +338,7 @@ def _run(
         train_eval_data=train_eval,
         regularisers=regularisers,
         evaluators=[retention] if retention else [],
+        started=started,
     )
     if (
         hasattr(method, "schedule_steps")
@@ -498,7 +499,9 @@ def _run(
                     ev.guard_tolerance_relative,
                 ),
                 "artifacts": artifacts,
-                "wall_seconds": round(time.time() - started, 2),
+                # All attempts (a resumed run counts its earlier ones to their checkpoint).
+                "wall_seconds": round(time.time() - started + summary.wall_seconds_before, 2),
+                "wall_seconds_this_attempt": round(time.time() - started, 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
         )

@@ -45,6 +45,9 @@ class Progress:
     samples_seen: int = 0
     tokens_seen: int = 0
     train_seconds: float = 0.0
+    # Wall time of the run up to this checkpoint, summed over attempts (setup, evaluation
+    # and checkpointing included; work lost after the last checkpoint of a crash is not).
+    wall_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # callbacks' own state (schedules...)
 
 

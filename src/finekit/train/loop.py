@@ -176,6 +176,7 @@ class TrainSummary:
     num_processes: int
     resumed_from: str | None
     history: list[dict[str, Any]]
+    wall_seconds_before: float = 0.0  # spent by earlier attempts (to their last checkpoint)
 
 
 # --------------------------------------------------------------------------- loop
@@ -199,6 +200,7 @@ class Loop:
         train_eval_data: EncodedDataset | None = None,
         regularisers: list[Any] | None = None,
         evaluators: list[Any] | None = None,
+        started: float | None = None,
     ) -> None:
         self.task, self.spec, self.eval_spec = task, spec, eval_spec
         self.run_dir, self.callbacks = run_dir, list(callbacks or [])
@@ -254,6 +256,10 @@ class Loop:
         self.ckpt_dir = run_dir / "checkpoints"
         self._saved_step = -1
         self.resumed_from: str | None = None
+        # Wall time counts from the attempt's start (the caller's `started`, set before model
+        # loading) plus what earlier attempts had spent when their checkpoint was written.
+        self.started = time.time() if started is None else started
+        self.wall_before = 0.0
 
     # ----------------------------------------------------------------- helpers
     def _log_row(self, row: dict[str, Any]) -> None:
@@ -335,6 +341,7 @@ class Loop:
         state = checkpoint_state(self.acc.unwrap_model(self.model), full)
         if self.acc.is_main_process:
             self.progress.extra["history"] = self.state.history
+            self.progress.wall_seconds = self.wall_before + time.time() - self.started
             path = save_checkpoint(
                 self.ckpt_dir,
                 state,
@@ -375,6 +382,7 @@ class Loop:
             scaler=self.acc.scaler,
         )
         self.state.progress = self.progress
+        self.wall_before = self.progress.wall_seconds
         self.state.history = list(self.progress.extra.get("history", []))
         self._drop_rows_after(self.progress.step)
         self.resumed_from = str(path)
@@ -522,6 +530,7 @@ class Loop:
             num_processes=acc.num_processes,
             resumed_from=resumed_from,
             history=self.state.history,
+            wall_seconds_before=self.wall_before,
         )
 
 
