@@ -226,3 +226,5 @@ def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Pa
     assert same.training.epochs == tiny_recipe.training.epochs
     probe = rung_recipe(tiny_recipe, "linear-probe", "full", 1, tmp_path / "c", classes=True)
     assert probe.method.name == "linear_probe" and probe.data.k_per_class is None
+    # a linear head on frozen features takes a high rate (at the recipe's head_lr it under-fit)
+    assert probe.training.lr >= 0.1 and probe.training.head_lr is None

@@ -47,9 +47,17 @@ def _scratch_training(r: Recipe) -> dict[str, Any]:
     }
 
 
+PROBE_LR = 0.1
+
+
 def _probe_training(r: Recipe) -> dict[str, Any]:
-    # Only the head trains: it wants the head's rate (or ~1e-3), not the body's.
-    return {"lr": r.training.head_lr or max(r.training.lr * 10, 1e-3), "head_lr": None}
+    # Only a linear head trains on fixed features: a convex problem that AdamW solves at a far
+    # higher rate than a head trained together with its body. Measured on Banking77 (MiniLM's
+    # head inputs, 4 epochs): lr 2e-3 (the recipe's head_lr) left the loss at 2.6 and 0.66 test
+    # accuracy with all data, where a converged logistic regression on the same features
+    # reaches 0.91; lr 1e-1 reaches 0.90 (1e-2: 0.86, 3e-2: 0.88). A probe held below its
+    # optimum would be a strawman rung.
+    return {"lr": max(r.training.head_lr or r.training.lr * 10, PROBE_LR), "head_lr": None}
 
 
 def _lora_training(r: Recipe) -> dict[str, Any]:
@@ -73,7 +81,7 @@ RUNGS: dict[str, Rung] = {
     ),
     "linear-probe": Rung(
         {"name": "linear_probe"},
-        "backbone frozen, head only; lr = the recipe's head_lr or max(10x lr, 1e-3)",
+        "backbone frozen, head only (a convex problem); lr max(the recipe's head_lr, 0.1)",
         training=_probe_training,
     ),
     "partial": Rung(
