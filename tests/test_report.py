@@ -228,3 +228,6 @@ def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Pa
     assert probe.method.name == "linear_probe" and probe.data.k_per_class is None
     # a linear head on frozen features takes a high rate (at the recipe's head_lr it under-fit)
     assert probe.training.lr >= 0.1 and probe.training.head_lr is None
+    lora = rung_recipe(tiny_recipe, "lora", 4, 1, tmp_path / "d", classes=True)
+    assert lora.method.name == "lora" and lora.training.head_lr >= 0.1  # the head, like the probe
+    assert lora.training.lr == max(5 * tiny_recipe.training.lr, 5e-4)
