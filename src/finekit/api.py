@@ -434,6 +434,7 @@ def _run(
                 retention_summary.update(retention.summarize(after))
             if hasattr(retention, "note"):
                 retention_summary["note"] = retention.note
+        this_attempt = time.time() - started  # read once: both wall times agree
         run.update(
             {
                 "status": "completed",
@@ -500,8 +501,8 @@ def _run(
                 ),
                 "artifacts": artifacts,
                 # All attempts (a resumed run counts its earlier ones to their checkpoint).
-                "wall_seconds": round(time.time() - started + summary.wall_seconds_before, 2),
-                "wall_seconds_this_attempt": round(time.time() - started, 2),
+                "wall_seconds": round(this_attempt + summary.wall_seconds_before, 2),
+                "wall_seconds_this_attempt": round(this_attempt, 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
         )

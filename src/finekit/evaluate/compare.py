@@ -24,6 +24,7 @@ from finekit.rundir import RECIPE, is_run_dir, read_json, recipe_diff, write_jso
 log = logging.getLogger(__name__)
 COMPARE_JSON = "compare.json"
 COMPARE_RECIPE = "compare-recipe.yaml"
+PROBE_LR = 0.1  # the least rate for a new head on a (nearly) frozen body
 
 
 @dataclass
@@ -47,7 +48,8 @@ def _scratch_training(r: Recipe) -> dict[str, Any]:
     }
 
 
-PROBE_LR = 0.1
+def _fast_head_lr(r: Recipe) -> float:
+    return max(r.training.head_lr or r.training.lr * 10, PROBE_LR)
 
 
 def _probe_training(r: Recipe) -> dict[str, Any]:
@@ -57,7 +59,7 @@ def _probe_training(r: Recipe) -> dict[str, Any]:
     # accuracy with all data, where a converged logistic regression on the same features
     # reaches 0.91; lr 1e-1 reaches 0.90 (1e-2: 0.86, 3e-2: 0.88). A probe held below its
     # optimum would be a strawman rung.
-    return {"lr": max(r.training.head_lr or r.training.lr * 10, PROBE_LR), "head_lr": None}
+    return {"lr": _fast_head_lr(r), "head_lr": None}
 
 
 def _lora_training(r: Recipe) -> dict[str, Any]:
@@ -65,8 +67,7 @@ def _lora_training(r: Recipe) -> dict[str, Any]:
     # The new head rides on a body that barely moves, so it wants the probe's rate: at the
     # recipe's head_lr (2e-3) LoRA stayed at 0.65 on Banking77 at 32 per class, limited by
     # its head like the probe; with the head at 0.1 it reached 0.88 (0.02: 0.86).
-    head = r.training.head_lr or r.training.lr * 10
-    return {"lr": max(r.training.lr * 5, 5e-4), "head_lr": max(head, PROBE_LR)}
+    return {"lr": max(r.training.lr * 5, 5e-4), "head_lr": _fast_head_lr(r)}
 
 
 RUNGS: dict[str, Rung] = {
