@@ -222,6 +222,14 @@ def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Pa
     assert (
         scratch.training.lr >= 3e-4 and scratch.training.epochs == 2 * tiny_recipe.training.epochs
     )
+    # scratch's new head trains at the recipe's head rate, not at its body's (it under-fit there)
+    head = tiny_recipe.with_overrides({"training.head_lr": 0.05})
+    assert rung_recipe(head, "scratch", 4, 1, tmp_path / "e", classes=True).training.head_lr == 0.05
+    assert scratch.training.head_lr == (
+        max(tiny_recipe.training.head_lr, scratch.training.lr)
+        if tiny_recipe.training.head_lr
+        else None
+    )
     assert same.training.lr == tiny_recipe.training.lr
     assert same.training.epochs == tiny_recipe.training.epochs
     probe = rung_recipe(tiny_recipe, "linear-probe", "full", 1, tmp_path / "c", classes=True)
