@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from finekit import Recipe, finetune
+from finekit.rundir import RECIPE, recipe_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "banking77"
@@ -64,19 +65,23 @@ def main() -> None:
     for name in args.methods.split(","):
         for seed in range(42, 42 + args.seeds):
             out = Path(args.runs) / f"{name}-s{seed}"
-            if (out / "run.json").is_file() and json.loads((out / "run.json").read_text()).get(
-                "status"
-            ) == "completed":
+            r = base.with_overrides(
+                {
+                    **METHODS[name],
+                    "training.seed": seed,
+                    "output.dir": str(out),
+                    "output.overwrite": True,
+                }
+            )
+            # Reuse a finished run only if it was made by this very recipe: a changed
+            # recipes/banking77.yaml (e.g. its head_lr) must re-train, not mix old and new rows.
+            if (
+                (out / "run.json").is_file()
+                and json.loads((out / "run.json").read_text()).get("status") == "completed"
+                and not recipe_diff(Recipe.from_yaml(out / RECIPE), r)
+            ):
                 run = json.loads((out / "run.json").read_text())
             else:
-                r = base.with_overrides(
-                    {
-                        **METHODS[name],
-                        "training.seed": seed,
-                        "output.dir": str(out),
-                        "output.overwrite": True,
-                    }
-                )
                 t0 = time.perf_counter()
                 run = finetune(r).summary
                 print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
