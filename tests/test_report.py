@@ -175,6 +175,54 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
         compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append, min_steps=500)
 
 
+def test_scratch_tunes_its_head_rate_on_validation(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    """The head's rate of a random body is picked per cell on the validation split (the
+    body's or the recipe's head_lr); both runs are kept and the cost of both is counted."""
+    r = tiny_recipe.with_overrides(
+        {"training.epochs": 2, "training.head_lr": 0.05, "evaluation.train_eval_samples": 0}
+    )
+    out = tmp_path / "cmp"
+    logs: list[str] = []
+    result = compare(r, "scratch", "4", 1, out, echo=logs.append, min_steps=0)
+    cell = next(c for c in result["cells"] if c["rung"] == "scratch")
+    tuning = cell["tuning"]
+    (tries,) = tuning["tries"]
+    assert list(tries) == ["head-at-body-lr", "head_lr-0.05"]
+    seed_dir = out / "runs" / "scratch" / "4" / "seed-42"
+    runs = {k: json.loads((seed_dir / k / "run.json").read_text()) for k in tries}
+    heads = {k: Recipe.from_yaml(seed_dir / k / "recipe.yaml").training.head_lr for k in tries}
+    assert heads == {"head-at-body-lr": None, "head_lr-0.05": 0.05}
+    metric = result["metric"]
+    val = {k: runs[k]["metrics"]["validation"][metric] for k in tries}
+    assert {k: v["validation"] for k, v in tries.items()} == val
+    best = max(val, key=lambda k: val[k])  # the first on a tie, like the compare
+    assert tuning["chosen"] == [best] and cell["runs"] == [f"runs/scratch/4/seed-42/{best}"]
+    assert cell["values"] == [runs[best]["metrics"]["test"][metric]]  # the chosen run's test
+    assert tuning["train_seconds_all_tries"] == pytest.approx(
+        sum(x["train"]["seconds"] for x in runs.values())
+    )
+    assert tuning["train_seconds_all_tries"] > cell["train_seconds"]
+    assert "validation split" in result["rungs"]["scratch"]["note"]
+    # the recipe itself is never tuned; a rerun trains nothing
+    assert "tuning" not in next(c for c in result["cells"] if c["rung"] == "recipe")
+    logs.clear()
+    compare(r, "scratch", "4", 1, out, echo=logs.append, min_steps=0)
+    assert len(logs) == 3 and all("skipped" in line for line in logs)
+
+
+def test_pick_on_validation_follows_the_metric_direction(tiny_recipe: Recipe) -> None:
+    from finekit.evaluate.compare import pick_on_validation
+
+    def t(label: str, v: float | None) -> tuple[str, Path, dict]:
+        return label, Path(label), {"metrics": {"validation": {"accuracy": v, "loss": v}}}
+
+    tries = [t("a", 0.5), t("b", 0.7), t("c", None)]
+    assert pick_on_validation(tries, tiny_recipe)[0] == "b"
+    lower = tiny_recipe.with_overrides({"evaluation.metric": "loss"})
+    assert pick_on_validation(tries, lower)[0] == "a"
+    assert pick_on_validation([t("a", 0.5), t("b", 0.5)], tiny_recipe)[0] == "a"
+
+
 def test_sizes_and_rungs_are_deduplicated(tiny_recipe: Recipe) -> None:
     from finekit.evaluate.compare import parse_rungs, parse_sizes
 
@@ -222,14 +270,7 @@ def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Pa
     assert (
         scratch.training.lr >= 3e-4 and scratch.training.epochs == 2 * tiny_recipe.training.epochs
     )
-    # scratch's new head trains at the recipe's head rate, not at its body's (it under-fit there)
-    head = tiny_recipe.with_overrides({"training.head_lr": 0.05})
-    assert rung_recipe(head, "scratch", 4, 1, tmp_path / "e", classes=True).training.head_lr == 0.05
-    assert scratch.training.head_lr == (
-        max(tiny_recipe.training.head_lr, scratch.training.lr)
-        if tiny_recipe.training.head_lr
-        else None
-    )
+    assert scratch.training.head_lr is None  # the body's rate unless tuned (below)
     assert same.training.lr == tiny_recipe.training.lr
     assert same.training.epochs == tiny_recipe.training.epochs
     probe = rung_recipe(tiny_recipe, "linear-probe", "full", 1, tmp_path / "c", classes=True)
