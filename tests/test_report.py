@@ -203,6 +203,8 @@ def test_scratch_tunes_its_head_rate_on_validation(tiny_recipe: Recipe, tmp_path
     )
     assert tuning["train_seconds_all_tries"] > cell["train_seconds"]
     assert "validation split" in result["rungs"]["scratch"]["note"]
+    html = (out / "report.html").read_text()
+    assert f"{best} ×1; all tries" in html and f"runs/scratch/4/seed-42/{best}/report.html" in html
     # the recipe itself is never tuned; a rerun trains nothing
     assert "tuning" not in next(c for c in result["cells"] if c["rung"] == "recipe")
     logs.clear()

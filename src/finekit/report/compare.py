@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,18 @@ from finekit.rundir import read_json  # noqa: E402
 
 REPORT = "report.html"
 CURVE = "learning_curve.png"
+
+
+def _tuning(c: dict[str, Any]) -> str:
+    """The candidate each seed chose, and what all candidates cost together."""
+    t = c.get("tuning")
+    if not t:
+        return ""
+    picked = ", ".join(f"{k} ×{n}" for k, n in Counter(t["chosen"]).items())
+    return (
+        f"{picked}; all tries {t['train_seconds_all_tries']:.0f} s, "
+        f"{t['train_flops_all_tries']:.2e} FLOPs"
+    )
 
 
 def _x(cell: dict[str, Any], data: dict[str, Any]) -> float:
@@ -108,6 +121,7 @@ def compare_report(out: Path) -> Path:
             "wall s",
             "trainable params",
             "train FLOPs (est.)",
+            "tuned on validation",
             "runs",
         ],
         [
@@ -119,6 +133,7 @@ def compare_report(out: Path) -> Path:
                 f"{c['wall_seconds']:.1f}",
                 c["trainable_parameters"],
                 f"{c['train_flops']:.2e}",
+                _tuning(c),
                 Raw(
                     " ".join(
                         f'<a href="{esc(p)}/report.html">s{sd}</a>'
