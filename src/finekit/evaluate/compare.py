@@ -343,9 +343,7 @@ def compare(
                 "chosen": label,
                 "tries": {
                     lb: {
-                        "validation": run_.get("metrics", {})
-                        .get("validation", {})
-                        .get(recipe.evaluation.metric),
+                        "validation": validation_score(run_, recipe.evaluation.metric),
                         "train_seconds": run_["train"]["seconds"],
                         "train_flops": run_flops(run_["train"], run_.get("method", ""))[0],
                     }
@@ -370,12 +368,18 @@ def pick_on_validation(
     metric, higher = recipe.evaluation.metric, recipe.evaluation.resolved_mode() == "max"
 
     def key(t: tuple[str, Path, dict[str, Any]]) -> float:
-        v = t[2].get("metrics", {}).get("validation", {}).get(metric)
+        v = validation_score(t[2], metric)
         if v is None or math.isnan(v):
             return -math.inf
         return float(v) if higher else -float(v)
 
     return max(tries, key=key)  # max() keeps the first of equal keys
+
+
+def validation_score(run: dict[str, Any], metric: str) -> float | None:
+    """A run.json's validation value of `metric` (None where it has none)."""
+    v = run.get("metrics", {}).get("validation", {}).get(metric)
+    return None if v is None else float(v)
 
 
 def run_or_skip(r: Recipe, run_dir: Path, tag: str, echo: Callable[[str], Any]) -> dict[str, Any]:
