@@ -371,7 +371,7 @@ def pick_on_validation(
         v = validation_score(t[2], metric)
         if v is None or math.isnan(v):
             return -math.inf
-        return float(v) if higher else -float(v)
+        return v if higher else -v
 
     return max(tries, key=key)  # max() keeps the first of equal keys
 
