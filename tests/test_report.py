@@ -262,6 +262,47 @@ def test_missing_values_are_counted_not_averaged() -> None:
     assert capped == 100 and full == 105 and capped < full
 
 
+def test_curve_ticks_name_the_sizes_and_never_overlap() -> None:
+    """Banking77's 128 per class trains on 109.6 per class, all data on 116.9: on a log
+    axis the two ticks nearly coincide. Each is named by the size asked for, and the
+    labels are laid out so that none prints over another."""
+    import matplotlib.pyplot as plt
+
+    from finekit.report.compare import _learning_curve_fig
+
+    per_class = {8: 8.0, 32: 32.0, 128: 109.6, "full": 116.9}
+    cells = [
+        {"rung": r, "size": s, "mean": m, "std": 0.01, "train_examples": 77 * x}
+        for r, base in (("recipe", 0.8), ("scratch", 0.6))
+        for (s, x), m in zip(
+            per_class.items(), (base, base + 0.05, base + 0.1, base + 0.1), strict=True
+        )
+    ]
+    data = {
+        "rungs": {"recipe": {"method": "full"}, "scratch": {"method": "full"}},
+        "cells": cells,
+        "num_classes": 77,
+        "metric": "accuracy",
+        "split": "test",
+        "size_unit": "examples per class",
+    }
+    fig = _learning_curve_fig(data)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = ax.get_xticklabels()
+    assert [lab.get_text() for lab in labels] == ["8", "32", "128", "all"]
+    assert list(ax.get_xticks()) == pytest.approx([8.0, 32.0, 109.6, 116.9])
+    boxes = [lab.get_window_extent(renderer) for lab in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    # Labels that fit stay on the first row: only the crowded one moved down.
+    tops = [round(b.y1) for b in boxes]
+    assert tops[0] == tops[1] == tops[2] > tops[3]
+    plt.close(fig)
+
+
 def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Path) -> None:
     from finekit.evaluate.compare import parse_rungs, rung_recipe
 

@@ -49,7 +49,38 @@ def _fmt(cell: dict[str, Any] | None) -> str:
     return f"{cell['mean']:.4f}{std}{missing}"
 
 
-def learning_curve_png(data: dict[str, Any]) -> bytes:
+def _size_ticks(data: dict[str, Any]) -> list[tuple[float, str]]:
+    """One tick per requested size, at the mean x its cells really trained on, named by
+    the size asked for ('128', 'all'), not by that mean: two sizes can train on nearly
+    the same data (128 per class capped by small classes vs all of it)."""
+    at: dict[str, list[float]] = {}
+    for c in data["cells"]:
+        x = _x(c, data)
+        if c.get("mean") is not None and x == x:  # not NaN
+            at.setdefault(str(c["size"]), []).append(x)
+    ticks = [(sum(xs) / len(xs), "all" if size == "full" else size) for size, xs in at.items()]
+    return sorted(ticks)
+
+
+def _unstack_tick_labels(fig: Any, ax: Any) -> None:
+    """Move a tick label that would print over its left neighbour's down one row (more
+    padding below the axis), so close sizes stay readable; a label keeps the first row
+    where it fits."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    rows: list[float] = []  # right edge (pixels) of the last label placed in each row
+    for tick in ax.xaxis.get_major_ticks():
+        box = tick.label1.get_window_extent(renderer)
+        row = next((i for i, right in enumerate(rows) if box.x0 > right + 2), len(rows))
+        if row == len(rows):
+            rows.append(box.x1)
+        rows[row] = box.x1
+        if row:
+            height_pt = box.height * 72 / fig.dpi
+            tick.set_pad(tick.get_pad() + row * (height_pt + 1))
+
+
+def _learning_curve_fig(data: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for rung in data["rungs"]:
         cells = sorted(
@@ -66,22 +97,32 @@ def learning_curve_png(data: dict[str, Any]) -> bytes:
             label=label,
         )
     ax.set_xscale("log")
-    xs = sorted({round(_x(c, data), 1) for c in data["cells"] if c.get("mean") is not None})
-    xs = [x for x in xs if x == x]  # not NaN
-    if xs:  # ticks where the cells are, in plain numbers (not 2x10^1)
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ticks = _size_ticks(data)
+    if ticks:  # ticks where the cells are, in plain names (not 2x10^1)
+        ax.set_xticks([x for x, _ in ticks], [name for _, name in ticks])
         ax.minorticks_off()
     values = [c["mean"] for c in data["cells"] if c.get("mean") is not None]
     if data["metric"] != "loss" and all(0 <= v <= 1 for v in values):
         ax.set_ylim(0, 1.02)  # the whole scale: gaps are not visually exaggerated
     unit = data["size_unit"]
-    what = "mean " + unit + " trained on" if data.get("num_classes") else unit
-    ax.set_xlabel(what + " (log scale)")
+    if data.get("num_classes"):
+        what = f"{unit} requested (placed at the mean per class trained on; log scale)"
+    else:
+        what = f"{unit} (log scale)"
+    ax.set_xlabel(what)
     ax.set_ylabel(f"{data['split']} {data['metric']}")
     ax.set_title("Learning curves: metric vs training data, one line per rung")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    if ticks:
+        _unstack_tick_labels(fig, ax)
+        fig.tight_layout()
+    return fig
+
+
+def learning_curve_png(data: dict[str, Any]) -> bytes:
+    fig = _learning_curve_fig(data)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
