@@ -6,6 +6,7 @@ Marked `integration`; each test skips with a message when its model or data is a
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +41,12 @@ def test_demo_fine_tuning_beats_scratch(minilm: str, tmp_path: Path) -> None:
     sc = results["scratch"].metrics["test"]["accuracy"]
     assert ft >= 0.85, ft
     assert ft - sc >= 0.30, (ft, sc)
+    # Scratch kept the head rate that validated better, of the two it trained.
+    tries = sorted((tmp_path / "demo" / "scratch").iterdir())
+    assert [t.name for t in tries] == ["head_lr-0.002", "head_lr-0.1"]
+    val = {t.name: json.loads((t / "run.json").read_text())["metrics"]["validation"] for t in tries}
+    chosen = results["scratch"].summary["demo_head_choice"]
+    assert val[chosen]["accuracy"] == max(v["accuracy"] for v in val.values()), (chosen, val)
 
 
 def test_banking77_ten_per_class(minilm: str, banking77: Path, tmp_path: Path) -> None:
