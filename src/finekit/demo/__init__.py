@@ -16,9 +16,12 @@ import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finekit.recipe import Recipe
+
+if TYPE_CHECKING:
+    from finekit.api import FinetuneResult
 
 DEMO_MODEL = "finekit:minilm-l6"
 # A random body gives the head no useful features at first; on the demo data (seed 42) a
@@ -67,19 +70,18 @@ def run_demo(output_dir: str | None = None, echo: Callable[[str], Any] = print) 
     )
     base = demo_recipe()
     echo(f"finekit demo: {base.description}; model {DEMO_MODEL} (MiniLM-L6, 22.7M parameters)")
-    results = {}
-    scratch_tries = [(f"head_lr-{h:g}", h) for h in (base.training.head_lr, SCRATCH_HEAD_LR) if h]
-    for arm, init in (("finetuned", "pretrained"), ("scratch", "scratch")):
-        how = "pre-trained weights" if init == "pretrained" else "random init, same budget"
-        echo(f"[{arm}] training ({how}) ...")
-        t0 = time.perf_counter()
-        if init == "pretrained":
-            r = base.with_overrides({"output.dir": str(root / arm), "name": f"demo-{arm}"})
-            results[arm] = finetune(r)
-        else:
-            results[arm] = _scratch_on_validation(base, root / arm, scratch_tries, echo)
-        results[arm].summary["demo_seconds"] = time.perf_counter() - t0
-    ft, sc = results["finetuned"], results["scratch"]
+    echo("[finetuned] training (pre-trained weights) ...")
+    t0 = time.perf_counter()
+    ft = finetune(
+        base.with_overrides({"output.dir": str(root / "finetuned"), "name": "demo-finetuned"})
+    )
+    ft.summary["demo_seconds"] = time.perf_counter() - t0
+    echo("[scratch] training (random init, same budget) ...")
+    t0 = time.perf_counter()
+    heads = [(f"head_lr-{h:g}", h) for h in (base.training.head_lr, SCRATCH_HEAD_LR) if h]
+    sc = _scratch_on_validation(base, root / "scratch", heads, echo)
+    sc.summary["demo_seconds"] = time.perf_counter() - t0
+    results = {"finetuned": ft, "scratch": sc}
     echo("")
     echo(f"{'':<12}{'test accuracy':>15}{'macro-F1':>10}{'train s':>9}")
     for arm, res in results.items():
@@ -95,17 +97,17 @@ def run_demo(output_dir: str | None = None, echo: Callable[[str], Any] = print) 
     echo(f"run directories : {ft.run_dir} and {sc.run_dir}")
     echo(f"exported model  : {ft.model_dir}  (transformers AutoModelForSequenceClassification)")
     echo(f'try it          : finekit predict {ft.run_dir} "I lost my card on the bus"')
-    return {arm: res for arm, res in results.items()}
+    return results
 
 
 def _scratch_on_validation(
     base: Recipe, out: Path, tries: list[tuple[str, float]], echo: Callable[[str], Any]
-) -> Any:
+) -> FinetuneResult:
     """Train scratch once per head rate; keep the run that validates best."""
     from finekit.api import finetune
     from finekit.evaluate.compare import pick_on_validation, validation_score
 
-    done = []
+    runs: dict[str, FinetuneResult] = {}
     for label, head_lr in tries:
         r = base.with_overrides(
             {
@@ -115,11 +117,9 @@ def _scratch_on_validation(
                 "name": f"demo-scratch-{label}",
             }
         )
-        res = finetune(r)
-        v = validation_score(res.summary, base.evaluation.metric)
+        runs[label] = finetune(r)
+        v = validation_score(runs[label].summary, base.evaluation.metric)
         echo(f"  {label}: validation {base.evaluation.metric} {v if v is None else round(v, 3)}")
-        done.append((label, out / label, res))
-    label, _, _ = pick_on_validation([(lb, d, res.summary) for lb, d, res in done], base)
-    chosen = next(res for lb, _, res in done if lb == label)
-    chosen.summary["demo_head_choice"] = label
-    return chosen
+    label, _, _ = pick_on_validation([(lb, out / lb, r.summary) for lb, r in runs.items()], base)
+    runs[label].summary["demo_head_choice"] = label
+    return runs[label]
