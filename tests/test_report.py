@@ -262,6 +262,33 @@ def test_missing_values_are_counted_not_averaged() -> None:
     assert capped == 100 and full == 105 and capped < full
 
 
+def test_training_table_reads_as_counts_and_measurements() -> None:
+    from finekit.report.run import _train_table
+
+    html = _train_table(
+        {
+            "seconds": 119.19,
+            "samples_per_second": 96.9,
+            "tokens_per_second": 1530.34,
+            "epochs": 15.0,
+            "samples_seen": 11550,
+            "precision": "bf16",
+            "resumed_from": None,
+        }
+    )
+    cells = dict(re.findall(r'<td class="l">([^<]+)</td><td class="">([^<]*)</td>', html))
+    assert cells == {
+        "seconds": "119.2",
+        "samples_per_second": "96.9",
+        "tokens_per_second": "1,530.3",
+        "epochs": "15",
+        "samples_seen": "11,550",
+        "precision": "bf16",
+        "resumed_from": "—",
+    }
+    assert "0.25" in _train_table({"epochs": 0.25})
+
+
 def test_curve_ticks_name_the_sizes_and_never_overlap() -> None:
     """Banking77's 128 per class trains on 109.6 per class, all data on 116.9: on a log
     axis the two ticks nearly coincide. Each is named by the size asked for, and the

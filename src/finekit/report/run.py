@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +353,18 @@ def _train_table(train: dict[str, Any]) -> str:
         "num_processes",
         "resumed_from",
     ]
-    return table(["training", "value"], [[k, train[k]] for k in keys if k in train])
+    return table(["training", "value"], [[k, _quantity(train[k])] for k in keys if k in train])
+
+
+def _quantity(x: Any) -> Any:
+    """A count or a measurement as a person reads it: 15 epochs, not 15.0000; 119.2 s."""
+    if x is None:
+        return "—"
+    if not isinstance(x, float) or not math.isfinite(x):
+        return x
+    if x.is_integer():
+        return int(x)
+    return f"{x:,.1f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
 def _files_table(run_dir: Path) -> str:
