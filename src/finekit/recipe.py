@@ -459,6 +459,12 @@ class Recipe(Section):
         if modality == "auto":
             self.task.modality = "image" if looks_like_images(self.data) else "text"  # type: ignore[attr-defined]
             modality = self.task.modality  # type: ignore[attr-defined]
+        if self.data.text_pair_column and (self.task.name, modality) != ("classify", "text"):
+            what = f"{self.task.name!r}" + (f" ({modality})" if modality else "")
+            raise ValueError(
+                f"data.text_pair_column: only text classification reads a second text; task "
+                f"{what} would ignore column {self.data.text_pair_column!r}"
+            )
         from finekit.data.augment import check_augment
 
         check_augment(self.data.augment, self.task.name, modality)

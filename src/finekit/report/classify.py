@@ -19,6 +19,7 @@ from finekit.report.html import esc, figure_from_file, figure_from_matplotlib, t
 
 log = logging.getLogger(__name__)
 NEAR_DUPLICATE_COSINE = 0.9  # char 3-5-gram TF-IDF cosine: same text up to a few edits
+PAIR_JOIN = " ‖ "  # shows a sentence pair as one example
 
 
 def _normalise(text: str) -> str:
@@ -47,6 +48,14 @@ def leakage(train: list[str], other: list[str]) -> dict[str, Any]:
                 if s >= NEAR_DUPLICATE_COSINE and _normalise(text) not in norm_train:
                     near.append((text, train[j], s))
     return {"exact": exact, "near": near}
+
+
+def _examples(df: pd.DataFrame, col: str, pair: str | None) -> list[str]:
+    """Examples as a person reads them: the text, and for sentence pairs "text ‖ pair"."""
+    texts = df[col].astype(str)
+    if pair:
+        texts = texts + PAIR_JOIN + df[pair].astype(str)
+    return texts.tolist()
 
 
 def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[tuple[str, str]]:
@@ -131,13 +140,20 @@ def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) ->
         )
         return "".join(parts)
     splits = dict(prepared.splits.items())
-    col = recipe.data.text_column
+    col, pair = recipe.data.text_column, recipe.data.text_pair_column
     try:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(run_dir / "model")
-        lengths = {
-            s: [len(x) for x in tok(df[col].astype(str).tolist())["input_ids"]]
+        lengths = {  # measured as the model reads an example: with its pair
+            s: [
+                len(x)
+                for x in tok(
+                    df[col].astype(str).tolist(),
+                    df[pair].astype(str).tolist() if pair else None,
+                    verbose=False,  # over-length texts are the point here, not a warning
+                )["input_ids"]
+            ]
             for s, df in splits.items()
         }
         fig, ax = plt.subplots(figsize=(8, 3))
@@ -152,12 +168,14 @@ def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) ->
         parts.append(figure_from_matplotlib(fig, "Length in tokens (the model's tokenizer)."))
     except Exception as e:
         log.warning("report: no length histogram: %s", e)
-    train_texts = splits["train"][col].astype(str).tolist()
+    # An example is its text and, for sentence pairs, its pair: a premise that recurs with
+    # another hypothesis is not a leak.
+    train_texts = _examples(splits["train"], col, pair)
     leak_rows, examples = [], []
     for s, df in splits.items():
         if s == "train":
             continue
-        texts = df[col].astype(str).tolist()
+        texts = _examples(df, col, pair)
         lk = leakage(train_texts, texts)
         leak_rows.append([s, len(texts), len(lk["exact"]), len(lk["near"])])
         examples += [(s, t, "exact", "") for t in lk["exact"][:5]]
@@ -199,7 +217,11 @@ def _confusions(run_dir: Path, split: str) -> str:
     rows = []
     for (true, pred), n in pairs.items():
         ex = wrong[(wrong["label"] == true) & (wrong["predicted"] == pred)]
-        ex = ex.sort_values("confidence", ascending=False)["text"].head(2).tolist()
+        ex = _examples(
+            ex.sort_values("confidence", ascending=False).head(2),
+            "text",
+            "text_pair" if "text_pair" in ex.columns else None,
+        )
         rows.append([true, pred, int(n), "<br>".join(esc(t) for t in ex)])
     from finekit.report.html import Raw
 

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from finekit.errors import RunDirError
+from finekit.errors import DataError, RunDirError
 from finekit.evaluate.base_model import score_rows
 from finekit.evaluate.runner import run_outputs
 from finekit.evaluate.slices import check_slice_columns, slice_metrics, task_metric
@@ -34,7 +34,14 @@ class LoadedRun:
         """Predictions for a DataFrame with the input columns, or a list of texts (image
         paths or arrays for image tasks)."""
         if isinstance(rows, list):  # texts, or image paths/arrays for an image task
-            column = getattr(self.task, "image_column", None) or self.recipe.data.text_column
+            d = self.recipe.data
+            if d.text_pair_column:
+                raise DataError(
+                    f"{self.run_dir}: this model classifies sentence pairs (columns "
+                    f"{d.text_column!r} and {d.text_pair_column!r}); give a table with both "
+                    "(a DataFrame, or --input FILE), not single texts"
+                )
+            column = getattr(self.task, "image_column", None) or d.text_column
             rows = pd.DataFrame({column: rows})
         rows = self.task.read_inputs(rows, "input")
         return self.task.predict(

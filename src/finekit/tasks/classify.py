@@ -321,6 +321,11 @@ class ClassifyTask:
             pd.DataFrame(
                 {
                     "text": rows[self.text_column].astype(str).tolist(),
+                    **(
+                        {"text_pair": rows[self.pair_column].astype(str).tolist()}
+                        if self.pair_column
+                        else {}
+                    ),
                     "label": [self.labels[int(i)] for i in outputs["labels"]],
                     "predicted": [self.labels[int(i)] for i in preds],
                     "confidence": probs.max(-1).values.numpy().round(5),
