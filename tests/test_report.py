@@ -289,6 +289,22 @@ def test_training_table_reads_as_counts_and_measurements() -> None:
     assert "0.25" in _train_table({"epochs": 0.25})
 
 
+def test_sizes_and_text_cells_read_as_a_person_expects() -> None:
+    from finekit.report.html import table
+    from finekit.report.run import _bytes
+
+    assert [_bytes(n) for n in (812, 4096, 999_950, 91_700_000, 2 * 10**12)] == [
+        "812 B",
+        "4.1 kB",
+        "1.0 MB",
+        "91.7 MB",
+        "2.0 TB",
+    ]
+    # Text after a number column (the confusions' examples) aligns left; numbers right.
+    html = table(["true", "errors", "examples"], [["a", 3, "why?"]], text_columns=[2])
+    assert re.findall(r'<td class="(l?)">', html) == ["l", "", "l"]
+
+
 def test_curve_ticks_name_the_sizes_and_never_overlap() -> None:
     """Banking77's 128 per class trains on 109.6 per class, all data on 116.9: on a log
     axis the two ticks nearly coincide. Each is named by the size asked for, and the

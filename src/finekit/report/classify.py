@@ -231,6 +231,7 @@ def _confusions(run_dir: Path, split: str) -> str:
             ["true class", "predicted as", "errors", "examples (most confident first)"],
             [[a, b, c, Raw(d)] for a, b, c, d in rows],
             left=2,
+            text_columns=[3],
         )
     )
     parts.append(

@@ -45,16 +45,21 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def table(
-    header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1, caption: str | None = None
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    left: int = 1,
+    caption: str | None = None,
+    text_columns: Sequence[int] = (),
 ) -> str:
-    """`left` = how many leading columns are text (left-aligned)."""
-    head = "".join(
-        f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(header)
-    )
+    """`left` = how many leading columns are text (left-aligned), `text_columns` = other
+    text columns by index (numbers align right)."""
+    cls = ["l" if i < left or i in text_columns else "" for i in range(len(header))]
+    head = "".join(f'<th class="{cls[i]}">{esc(h)}</th>' for i, h in enumerate(header))
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="{"l" if i < left else ""}">{c if isinstance(c, Raw) else fmt(c)}</td>'
+            f'<td class="{cls[i] if i < len(cls) else ""}">'
+            f"{c if isinstance(c, Raw) else fmt(c)}</td>"
             for i, c in enumerate(r)
         )
         + "</tr>"

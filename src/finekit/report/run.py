@@ -367,6 +367,16 @@ def _quantity(x: Any) -> Any:
     return f"{x:,.1f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
+def _bytes(n: int) -> str:
+    """Decimal units, as file managers show them: 812 B, 4.1 kB, 91.7 MB."""
+    if n < 1000:
+        return f"{n} B"
+    size, units = n / 1000, ["kB", "MB", "GB", "TB"]
+    while size >= 999.95 and len(units) > 1:
+        size, units = size / 1000, units[1:]
+    return f"{size:.1f} {units[0]}"
+
+
 def _files_table(run_dir: Path) -> str:
     rows = []
     for p in sorted(run_dir.iterdir()):
@@ -377,7 +387,7 @@ def _files_table(run_dir: Path) -> str:
             if p.is_dir()
             else p.stat().st_size
         )
-        rows.append([p.name + ("/" if p.is_dir() else ""), f"{size / 1e6:.2f} MB"])
+        rows.append([p.name + ("/" if p.is_dir() else ""), _bytes(size)])
     return table(["file", "size"], rows) + (f"<p class=muted>{esc(run_dir.resolve())}</p>")
 
 
