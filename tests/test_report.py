@@ -153,6 +153,8 @@ def test_compare_ladder_resumes_and_checks_inputs(tiny_recipe: Recipe, tmp_path:
     html = (out / "report.html").read_text()
     assert "Ladder" in html and "runs/recipe/4/seed-42/report.html" in html
     assert "vs scratch" in html and "paired by seed" in html
+    assert "<li>4 examples per class: fine-tuned" in html
+    assert "<li>all training data: fine-tuned" in html and "full examples" not in html
     # Rerun: everything is skipped.
     logs.clear()
     compare(r, "scratch,linear-probe", "4,full", 2, out, echo=logs.append, min_steps=0)

@@ -176,15 +176,18 @@ def compare_report(out: Path) -> Path:
                 f"{c['train_flops']:.2e}",
                 _tuning(c),
                 Raw(
-                    " ".join(
+                    "<span style='white-space:nowrap'>"
+                    + " ".join(
                         f'<a href="{esc(p)}/report.html">s{sd}</a>'
                         for p, sd in zip(c["runs"], c["seeds"], strict=True)
                     )
+                    + "</span>"
                 ),
             ]
             for c in data["cells"]
         ],
         left=2,
+        text_columns=[7],
     )
     notes = table(
         ["rung", "method", "what it is"],
@@ -200,8 +203,9 @@ def compare_report(out: Path) -> Path:
         scale, unit = (100.0, " points") if unit_pts else (1.0, "")
         gap = f"{scale * g['mean']:+.1f}{unit}"
         spread_ = f" ± {scale * g['std']:.1f}" if len(g["values"]) > 1 else ""
+        size = "all training data" if g["size"] == "full" else f"{g['size']} {data['size_unit']}"
         lines.append(
-            f"<li>{esc(g['size'])} {esc(data['size_unit'])}: fine-tuned {a['mean']:.3f} vs "
+            f"<li>{esc(size)}: fine-tuned {a['mean']:.3f} vs "
             f"{esc(g['against'])} {b['mean']:.3f} — "
             f"<b class={'ok' if g['mean'] > 0 else 'bad'}>{esc(gap)}</b>{esc(spread_)} "
             f"(paired by seed; fine-tuned better in {g['recipe_better_in']} of "
