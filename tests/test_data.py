@@ -31,6 +31,46 @@ def test_reads_csv_tsv_jsonl_parquet_and_hf(tmp_path: Path) -> None:
         assert out["label"].tolist() == df["label"].tolist(), name
 
 
+def test_a_saved_dataset_dict_fills_every_split(tmp_path: Path) -> None:
+    import datasets
+
+    from finekit.errors import RecipeError
+
+    df = pd.DataFrame(ROWS)
+    parts = {"train": df[:18], "dev": df[18:24], "test": df[24:]}
+    path = str(tmp_path / "hf")
+    datasets.DatasetDict(
+        {k: datasets.Dataset.from_pandas(v, preserve_index=False) for k, v in parts.items()}
+    ).save_to_disk(path)
+    # Only the split that is named differently is given; the others keep their names.
+    spec = Recipe.from_dict(
+        {"model": "m", "data": {"train": path, "hf_splits": {"validation": "dev"}}}
+    ).data
+    assert spec.hf_splits == {"train": "train", "validation": "dev", "test": "test"}
+    splits = read_splits(spec)
+    for name, part in (("train", "train"), ("validation", "dev"), ("test", "test")):
+        assert getattr(splits, name)["text"].tolist() == parts[part]["text"].tolist(), name
+    assert splits.sources == {"train": path, "validation": f"{path}[dev]", "test": f"{path}[test]"}
+    # Unnamed and absent (no 'validation' split): held out of train later, as for files.
+    plain = read_splits(Recipe.from_dict({"model": "m", "data": {"train": path}}).data)
+    assert plain.validation is None and plain.test is not None
+    # Named on purpose but absent: an error naming the field and the splits there are.
+    with pytest.raises(DataError, match=r"data.hf_splits.validation: .* no split 'valid'.*'dev'"):
+        read_splits(
+            Recipe.from_dict(
+                {"model": "m", "data": {"train": path, "hf_splits": {"validation": "valid"}}}
+            ).data
+        )
+    with pytest.raises(DataError, match=r"splits \['train', 'dev', 'test'\]; split 'training'"):
+        read_splits(
+            Recipe.from_dict(
+                {"model": "m", "data": {"train": path, "hf_splits": {"train": "training"}}}
+            ).data
+        )
+    with pytest.raises(RecipeError, match=r"data.hf_splits.*unknown split\(s\) \['dev'\]"):
+        Recipe.from_dict({"model": "m", "data": {"train": path, "hf_splits": {"dev": "dev"}}})
+
+
 @pytest.mark.parametrize(
     ("content", "pattern"),
     [
@@ -145,3 +185,30 @@ def test_rename_columns_per_file(tmp_path: Path) -> None:
     task = build_task(r.task)
     prep = task.prepare(read_splits(r.data), r)
     assert prep.splits.test is not None and "sentence" in prep.splits.test.columns
+
+
+def test_eval_and_predict_read_a_dataset_dict_s_test_split(
+    tiny_recipe: Recipe, toy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    import datasets
+
+    from finekit import finetune
+    from finekit.serve.predict import load_run
+
+    run = finetune(tiny_recipe.with_overrides({"training.epochs": 1})).run_dir
+    loaded = load_run(run)
+    test = pd.read_csv(toy_data["test"])
+    train = pd.read_csv(toy_data["train"])
+    both = str(tmp_path / "both")
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_pandas(train),
+            "test": datasets.Dataset.from_pandas(test),
+        }
+    ).save_to_disk(both)
+    assert loaded.read(both)["text"].tolist() == test["text"].tolist()
+    only = str(tmp_path / "only")
+    datasets.DatasetDict({"held_out": datasets.Dataset.from_pandas(test[:7])}).save_to_disk(only)
+    assert loaded.read(only)["text"].tolist() == test["text"][:7].tolist()
+    m = loaded.evaluate(loaded.read(both), both, out_dir=tmp_path / "eval", split="both")
+    assert m["examples"] == len(test)

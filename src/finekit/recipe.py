@@ -156,6 +156,9 @@ class ReplaySpec(Section):
     )
 
 
+HF_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
 class DataSpec(Section):
     """Where the examples come from and which columns mean what."""
 
@@ -198,12 +201,18 @@ class DataSpec(Section):
     k_per_class_cap: bool = False
     # Cap the number of training examples (after k_per_class), sampled by seed.
     max_train_samples: int | None = Field(None, ge=1)
-    # Split names inside an HF DatasetDict.
-    hf_splits: dict[str, str] = Field(
-        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
-    )
+    # Split names inside an HF DatasetDict; give only those that differ, e.g. {validation: dev}.
+    hf_splits: dict[str, str] = Field(default_factory=lambda: dict(HF_SPLITS))
     # Replay against forgetting: {path, ratio}; None = train on data.train alone.
     replay: ReplaySpec | None = None
+
+    @field_validator("hf_splits")
+    @classmethod
+    def _hf_splits(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(HF_SPLITS))
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; the splits are {list(HF_SPLITS)}")
+        return {**HF_SPLITS, **v}  # {validation: dev} renames one, the others keep theirs
 
 
 # --------------------------------------------------------------------------- training

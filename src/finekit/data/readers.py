@@ -60,6 +60,15 @@ def detect_format(path: str) -> str:
     return fmt
 
 
+def dataset_dict_splits(path: str) -> list[str]:
+    """The splits of a DatasetDict saved on disk (from datasets' dataset_dict.json); [] for
+    anything else."""
+    meta = Path(path) / "dataset_dict.json"
+    if path.startswith("hf://") or not meta.is_file():
+        return []
+    return [str(s) for s in json.loads(meta.read_text(encoding="utf-8")).get("splits", [])]
+
+
 def read_table(
     path: str, fmt: str = "auto", hf_split: str | None = None, str_columns: list[str] | None = None
 ) -> pd.DataFrame:

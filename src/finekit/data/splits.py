@@ -6,7 +6,6 @@ is an error naming the classes and their counts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from finekit.data.images import (
     read_npz,
     resolve_manifest_paths,
 )
-from finekit.data.readers import detect_format, read_table
+from finekit.data.readers import dataset_dict_splits, detect_format, read_table
 from finekit.errors import DataError
-from finekit.recipe import DataSpec, FoldSpec
+from finekit.recipe import HF_SPLITS, DataSpec, FoldSpec
 
 
 @dataclass
@@ -66,9 +65,18 @@ def read_splits(spec: DataSpec) -> Splits:
         if path is None and split == "validation" and spec.folds is not None:
             continue  # cross-validation: the folds of data.train replace a shipped split
         if path is None and _is_dataset_dict(spec.train, spec.format):
-            hf_name = spec.hf_splits.get(split)
-            if hf_name and _has_split(spec.train, hf_name):
+            hf_name = spec.hf_splits[split]
+            if _has_split(spec.train, hf_name):
                 path = spec.train
+            elif hf_name != HF_SPLITS[split]:  # named on purpose: not a silent hold-out
+                raise DataError(
+                    f"data.hf_splits.{split}: {spec.train} has no split {hf_name!r}"
+                    + (
+                        f" (its splits: {dataset_dict_splits(spec.train)})"
+                        if not spec.train.startswith("hf://")
+                        else ""
+                    )
+                )
         if path is not None:
             df = _read(path, split)
             if spec.image_column is not None:
@@ -146,8 +154,7 @@ def _has_split(path: str, split: str) -> bool:
             return split in datasets.get_dataset_split_names(path[len("hf://") :])
         except Exception:  # offline or unknown: fall back to a hold-out split
             return False
-    meta = json.loads((Path(path) / "dataset_dict.json").read_text())
-    return split in meta.get("splits", [])
+    return split in dataset_dict_splits(path)
 
 
 def holdout(

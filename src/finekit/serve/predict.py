@@ -49,14 +49,16 @@ class LoadedRun:
         )
 
     def read(self, path: str) -> pd.DataFrame:
-        """A file to evaluate or predict: a table; for image tasks also an .npz (its test
+        """A file to evaluate or predict: a table, or a saved DatasetDict (its test split as
+        the recipe names it, else its only split); for image tasks also an .npz (its test
         arrays, else its only split), an image folder, or a manifest whose relative paths
         are relative to the manifest."""
-        from finekit.data.readers import detect_format, read_table
+        from finekit.data.readers import dataset_dict_splits, detect_format, read_table
 
         column = getattr(self.task, "image_column", None)
         if column is None:
-            return read_table(path)
+            test, names = self.recipe.data.hf_splits["test"], dataset_dict_splits(path)
+            return read_table(path, hf_split=names[0] if len(names) == 1 else test)
         from finekit.data.images import (
             npz_splits,
             read_image_folder,
