@@ -142,6 +142,47 @@ def test_unfinished_temp_checkpoint_is_ignored(tiny_recipe: Recipe) -> None:
     assert resumed.train["steps"] == 28
 
 
+def test_a_damaged_checkpoint_is_named_and_the_older_one_still_resumes(
+    tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    r = tiny_recipe.with_overrides(
+        {
+            "training.epochs": 2,
+            "training.checkpoint_every": 5,
+            "training.keep_checkpoints": 2,
+        }
+    )
+    full = finetune(r.with_overrides({"output.dir": str(tmp_path / "full")}))
+    with pytest.raises(CallbackError):
+        finetune(r, callbacks=[CrashAtStep(12)])
+    ckpts = Path(r.output.dir) / "checkpoints"
+    newest = ckpts / "step-00000010"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000005", newest.name]
+    weights = newest / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # a disk that lost the end of the file
+    with pytest.raises(
+        RunDirError,
+        match=r"step-00000010: model.safetensors is unreadable .*; delete it and resume "
+        r"again to continue from step-00000005",
+    ):
+        finetune(r, resume=True)
+    weights.write_bytes(good)
+    (newest / "optimizer.pt").write_bytes(b"not a pickle")
+    with pytest.raises(RunDirError, match=r"optimizer.pt is unreadable"):
+        finetune(r, resume=True)
+    (newest / "optimizer.pt").unlink()
+    with pytest.raises(RunDirError, match=r"incomplete \(missing \['optimizer.pt'\]\)"):
+        finetune(r, resume=True)
+    # As the message says: without the damaged one, the older checkpoint resumes exactly.
+    import shutil
+
+    shutil.rmtree(newest)
+    resumed = finetune(r, resume=True)
+    assert resumed.train["resumed_from"].endswith("step-00000005")
+    assert resumed.metrics["test"] == full.metrics["test"]
+
+
 def test_lora_end_to_end_exports_adapter_and_merged(tiny_recipe: Recipe) -> None:
     r = tiny_recipe.with_overrides(
         {

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,8 @@ def load_checkpoint(
     """Restore weights, optimizer, scheduler and RNG from `path`; return the progress."""
     missing = [f for f in (WEIGHTS, OPTIMIZER, SCHEDULER, PROGRESS) if not (path / f).is_file()]
     if missing:
-        raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); delete it")
-    state = load_file(str(path / WEIGHTS))
+        raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); {_instead(path)}")
+    state = _read(path, WEIGHTS, lambda f: load_file(str(f)))
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
@@ -179,13 +180,34 @@ def load_checkpoint(
     # gradual unfreezing had not opened yet): unchanged, so the base model's are right. The
     # recipe itself is compared on --resume, so a changed method is refused before this.
     model.load_state_dict(state, strict=False)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
+    optimizer.load_state_dict(
+        _read(path, OPTIMIZER, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    )
+    scheduler.load_state_dict(_read(path, SCHEDULER, lambda f: torch.load(f, weights_only=True)))
     if scaler is not None and (path / SCALER).is_file():
-        scaler.load_state_dict(torch.load(path / SCALER, weights_only=True))
+        scaler.load_state_dict(_read(path, SCALER, lambda f: torch.load(f, weights_only=True)))
     _load_rng(path)
-    data = json.loads((path / PROGRESS).read_text())
+    data = _read(path, PROGRESS, lambda f: json.loads(f.read_text()))
     return Progress(**data)
+
+
+def _read(path: Path, name: str, load: Callable[[Path], Any]) -> Any:
+    """One file of a checkpoint; a damaged one is named, with what to do instead."""
+    try:
+        return load(path / name)
+    except Exception as e:  # safetensors, torch.load and json each raise their own types
+        first = (str(e).splitlines() or [""])[0] or type(e).__name__
+        raise RunDirError(
+            f"checkpoint {path}: {name} is unreadable ({first}); {_instead(path)}"
+        ) from None
+
+
+def _instead(path: Path) -> str:
+    """What to do about a damaged checkpoint: fall back to an older one if there is one."""
+    older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    if older:
+        return f"delete it and resume again to continue from {older[-1].name}"
+    return "delete it to train from the start (training.keep_checkpoints > 1 keeps a spare)"
 
 
 def _save_rng(folder: Path) -> None:
@@ -209,12 +231,12 @@ def _save_rng(folder: Path) -> None:
 def _load_rng(folder: Path) -> None:
     if not (folder / RNG_TENSORS).is_file():
         return
-    tensors = load_file(str(folder / RNG_TENSORS))
+    tensors = _read(folder, RNG_TENSORS, lambda f: load_file(str(f)))
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    data = json.loads((folder / RNG_STATE).read_text())
+    data = _read(folder, RNG_STATE, lambda f: json.loads(f.read_text()))
     v, internal, gauss = data["python"]
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = data["numpy"]
