@@ -145,3 +145,37 @@ def test_pretrain_trains_the_same_architecture_from_random_init(
     key = next(k for k in base if k.endswith("word_embeddings.weight"))
     other = tuned["bert." + key if "bert." + key in tuned else key]
     assert (base[key] - other).abs().mean() > 0.01
+
+
+def test_compare_and_report_from_the_command_line(
+    tmp_path: Path, tiny_recipe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    recipe = tmp_path / "r.yaml"
+    tiny_recipe.with_overrides({"training.epochs": 1}).to_yaml(recipe)
+    out = tmp_path / "cmp"
+    argv = ["compare", str(recipe), "--against", "linear-probe", "--sizes", "4", "--seeds", "2"]
+    argv += ["--min-steps", "0", "--output", str(out), "--set", "training.lr=2e-3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["seeds"] == [42, 43] and saved["sizes"] == [4]
+    # --set reached every run of the ladder.
+    run = out / "runs" / "recipe" / "4" / "seed-43" / "recipe.yaml"
+    assert yaml.safe_load(run.read_text())["training"]["lr"] == pytest.approx(2e-3)
+    # The printed table is compare.json's numbers.
+    cell = next(c for c in saved["cells"] if c["rung"] == "linear-probe")
+    assert f"{cell['mean']:.4f} ± {cell['std']:.4f}" in printed
+    (gain,) = saved["gains"]
+    assert f"recipe vs linear-probe  size=4     {gain['mean']:+.4f}" in printed
+    assert f"compare directory: {out}" in printed
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    assert "Learning curves" in (out / "report.html").read_text()
+    # A bad rung: one line, exit 2, nothing written.
+    assert main(["compare", str(recipe), "--against", "sratch", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown rung 'sratch'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
