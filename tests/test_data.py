@@ -69,6 +69,30 @@ def test_a_saved_dataset_dict_fills_every_split(tmp_path: Path) -> None:
         )
     with pytest.raises(RecipeError, match=r"data.hf_splits.*unknown split\(s\) \['dev'\]"):
         Recipe.from_dict({"model": "m", "data": {"train": path, "hf_splits": {"dev": "dev"}}})
+    # A replay corpus and a guard set are read like data.train, train split only: the
+    # recipe's renamed validation split is not looked for in them.
+    from finekit.evaluate.guards import read_eval_sets
+    from finekit.methods.replay import read_replay
+
+    extra = str(tmp_path / "extra")
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_pandas(df[:9], preserve_index=False)}
+    ).save_to_disk(extra)
+    r = Recipe.from_dict(
+        {
+            "model": "m",
+            "data": {
+                "train": path,
+                "hf_splits": {"validation": "dev"},
+                "replay": {"path": extra, "ratio": 0.2},
+            },
+            "evaluation": {"guard": [{"name": "old", "path": extra}]},
+        }
+    )
+    task = build_task(r.task)
+    task.prepare(read_splits(r.data), r)
+    assert read_replay(r.data, task)["text"].tolist() == df["text"][:9].tolist()
+    assert read_eval_sets(r, task)["old"]["text"].tolist() == df["text"][:9].tolist()
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,20 @@ def test_npz_trains_and_export_predicts_identically(tiny_resnet, toy_npz, tmp_pa
     assert np.allclose([p["score"] for p in preds], saved["confidence"], atol=1e-4)
     html = (res.run_dir / "report.html").read_text()
     assert "Clinical metrics" in html and "Grad-CAM" in html.replace("gradcam", "Grad-CAM")
+    # The same test images as a saved DatasetDict of files: eval/predict read its test split.
+    import datasets
+    from PIL import Image
+
+    paths = []
+    for i, img in enumerate(x):
+        paths.append(str(tmp_path / f"t{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    split = {"image": paths, "label": y[:, 0].tolist()}
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(split), "test": datasets.Dataset.from_dict(split)}
+    ).save_to_disk(str(tmp_path / "dd"))
+    from_dd = run.predict(run.read(str(tmp_path / "dd")))
+    assert [p["label"] for p in from_dd] == saved["predicted"].tolist()
 
 
 def test_plain_transformers_loads_the_export(tiny_resnet, toy_npz, tmp_path):

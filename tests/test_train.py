@@ -163,11 +163,22 @@ def test_a_damaged_checkpoint_is_named_and_the_older_one_still_resumes(
     weights.write_bytes(good[: len(good) // 2])  # a disk that lost the end of the file
     with pytest.raises(
         RunDirError,
-        match=r"step-00000010: model.safetensors is unreadable .*; delete it and resume "
-        r"again to continue from step-00000005",
+        match=r"step-00000010: model.safetensors is unreadable .*; if it is damaged, delete "
+        r"it and resume again to continue from step-00000005",
     ):
         finetune(r, resume=True)
     weights.write_bytes(good)
+    # A file that cannot be read here (permissions, disk) may be fine: no advice to delete.
+    import finekit.train.checkpoint as ckpt
+
+    def denied(path: str) -> dict:
+        raise PermissionError(13, "Permission denied", path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ckpt, "load_file", denied)
+        with pytest.raises(RunDirError, match=r"cannot be read here.*check permissions") as e:
+            finetune(r, resume=True)
+    assert "delete" not in str(e.value)
     (newest / "optimizer.pt").write_bytes(b"not a pickle")
     with pytest.raises(RunDirError, match=r"optimizer.pt is unreadable"):
         finetune(r, resume=True)

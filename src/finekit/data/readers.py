@@ -153,7 +153,7 @@ def _read_hf(path: str, split: str | None) -> pd.DataFrame:
         if split is None or split not in ds:
             raise DataError(
                 f"HF dataset {path} has splits {list(ds)}; split {split!r} is not one of them "
-                "(set data.hf_splits)"
+                "(training: set data.hf_splits; eval/predict: save the split alone)"
             )
         ds = ds[split]
     return ds.to_pandas()

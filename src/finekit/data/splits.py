@@ -6,6 +6,7 @@ is an error naming the classes and their counts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from finekit.data.images import (
 from finekit.data.readers import dataset_dict_splits, detect_format, read_table
 from finekit.errors import DataError
 from finekit.recipe import HF_SPLITS, DataSpec, FoldSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,8 +45,9 @@ class Splits:
         return out
 
 
-def read_splits(spec: DataSpec) -> Splits:
-    """Read the files named in `data`; an HF DatasetDict given as train also fills the rest."""
+def read_splits(spec: DataSpec, train_only: bool = False) -> Splits:
+    """Read the files named in `data`; an HF DatasetDict given as train also fills the rest.
+    `train_only`: just the training rows (a replay corpus, a guard set read like train)."""
 
     def _read(path: str, split: str) -> pd.DataFrame:
         labels = [spec.label_column, *[k for k, v in spec.rename.items() if v == spec.label_column]]
@@ -54,28 +58,26 @@ def read_splits(spec: DataSpec) -> Splits:
     _check_folds(spec)
     fmt = detect_format(spec.train) if spec.format == "auto" else spec.format
     if fmt in ("npz", "images"):
-        return _read_image_splits(spec, fmt)
+        return _read_image_splits(spec, fmt, train_only)
     train = _read(spec.train, "train")
     if spec.image_column is not None:
         train = resolve_manifest_paths(train, spec.image_column, spec.train)
     sources = {"train": spec.train}
     out = Splits(train=train, sources=sources)
-    for split in ("validation", "test"):
+    for split in () if train_only else ("validation", "test"):
         path = getattr(spec, split)
         if path is None and split == "validation" and spec.folds is not None:
             continue  # cross-validation: the folds of data.train replace a shipped split
         if path is None and _is_dataset_dict(spec.train, spec.format):
             hf_name = spec.hf_splits[split]
-            if _has_split(spec.train, hf_name):
+            has = _has_split(spec.train, hf_name)
+            if has:
                 path = spec.train
-            elif hf_name != HF_SPLITS[split]:  # named on purpose: not a silent hold-out
+            elif has is False and hf_name != HF_SPLITS[split]:  # named on purpose: no hold-out
+                listed = dataset_dict_splits(spec.train)
                 raise DataError(
                     f"data.hf_splits.{split}: {spec.train} has no split {hf_name!r}"
-                    + (
-                        f" (its splits: {dataset_dict_splits(spec.train)})"
-                        if not spec.train.startswith("hf://")
-                        else ""
-                    )
+                    + (f" (its splits: {listed})" if listed else "")
                 )
         if path is not None:
             df = _read(path, split)
@@ -97,7 +99,7 @@ def _check_folds(spec: DataSpec) -> None:
         )
 
 
-def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
+def _read_image_splits(spec: DataSpec, fmt: str, train_only: bool = False) -> Splits:
     """Folders and .npz files; an .npz or a split folder tree given as train also fills
     validation/test from its own val/test parts when those are not named."""
 
@@ -114,7 +116,7 @@ def _read_image_splits(spec: DataSpec, fmt: str) -> Splits:
         raise DataError(f"{path}: mixing image data ({fmt}) with {f} files is not supported")
 
     out = Splits(train=read(spec.train, "train"), sources={"train": spec.train})
-    for split in ("validation", "test"):
+    for split in () if train_only else ("validation", "test"):
         path = getattr(spec, split)
         if path is None and split == "validation" and spec.folds is not None:
             continue  # cross-validation: the folds of data.train replace a shipped split
@@ -146,14 +148,18 @@ def _is_dataset_dict(path: str, fmt: str) -> bool:
     return (fmt in ("auto", "hf")) and (Path(path) / "dataset_dict.json").exists()
 
 
-def _has_split(path: str, split: str) -> bool:
+def _has_split(path: str, split: str) -> bool | None:
+    """Whether the DatasetDict has `split`; None when the hub could not be asked."""
     if path.startswith("hf://"):
         import datasets
 
         try:
             return split in datasets.get_dataset_split_names(path[len("hf://") :])
-        except Exception:  # offline or unknown: fall back to a hold-out split
-            return False
+        except Exception as e:  # offline, several configs...: fall back to a hold-out split
+            log.warning(
+                "could not list the splits of %s (%s); its %r split is not used", path, e, split
+            )
+            return None
     return split in dataset_dict_splits(path)
 
 

@@ -42,7 +42,7 @@ def read_eval_sets(r: Recipe, task: Task) -> dict[str, pd.DataFrame]:
             update={"train": path, "validation": None, "test": None, "format": fmt}
         )
         try:
-            df = read_splits(as_train).train
+            df = read_splits(as_train, train_only=True).train
             df = task.read_inputs(df, path, with_labels=True)
         except DataError as e:
             raise DataError(f"{field}: {e}") from None

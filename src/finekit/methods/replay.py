@@ -34,7 +34,7 @@ def read_replay(spec: DataSpec, task: Task) -> pd.DataFrame:
         update={"train": path, "validation": None, "test": None, "format": replay.format}
     )
     try:
-        df = read_splits(as_train).train
+        df = read_splits(as_train, train_only=True).train
         df = task.read_inputs(df, path, with_labels=True)
     except DataError as e:
         raise DataError(f"data.replay: {e}") from None

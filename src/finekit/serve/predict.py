@@ -55,10 +55,11 @@ class LoadedRun:
         are relative to the manifest."""
         from finekit.data.readers import dataset_dict_splits, detect_format, read_table
 
+        test, names = self.recipe.data.hf_splits["test"], dataset_dict_splits(path)
+        hf_split = names[0] if len(names) == 1 else test
         column = getattr(self.task, "image_column", None)
         if column is None:
-            test, names = self.recipe.data.hf_splits["test"], dataset_dict_splits(path)
-            return read_table(path, hf_split=names[0] if len(names) == 1 else test)
+            return read_table(path, hf_split=hf_split)
         from finekit.data.images import (
             npz_splits,
             read_image_folder,
@@ -77,7 +78,7 @@ class LoadedRun:
                 if (Path(path) / "test").is_dir()
                 else read_image_folder(path, "train", label)
             )
-        return resolve_manifest_paths(read_table(path), column, path)
+        return resolve_manifest_paths(read_table(path, hf_split=hf_split), column, path)
 
     def evaluate(
         self,

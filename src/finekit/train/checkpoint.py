@@ -195,10 +195,15 @@ def _read(path: Path, name: str, load: Callable[[Path], Any]) -> Any:
     """One file of a checkpoint; a damaged one is named, with what to do instead."""
     try:
         return load(path / name)
+    except (OSError, MemoryError) as e:  # the file may be fine: never advise deleting it
+        raise RunDirError(
+            f"checkpoint {path}: {name} cannot be read here ({type(e).__name__}: {e}); "
+            "check permissions, disk and memory, then resume again"
+        ) from None
     except Exception as e:  # safetensors, torch.load and json each raise their own types
         first = (str(e).splitlines() or [""])[0] or type(e).__name__
         raise RunDirError(
-            f"checkpoint {path}: {name} is unreadable ({first}); {_instead(path)}"
+            f"checkpoint {path}: {name} is unreadable ({first}); if it is damaged, {_instead(path)}"
         ) from None
 
 
