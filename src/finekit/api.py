@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch import nn
 
@@ -51,6 +50,7 @@ from finekit.rundir import (
 )
 from finekit.tasks import EncodedDataset, build_task
 from finekit.tasks.base import Prepared, Task
+from finekit.train.distributed import process_state
 from finekit.train.flops import forward_flops_per_example
 from finekit.train.loop import Loop, detect_device_type, make_accelerator
 from finekit.train.monitors import EarlyStopping, OverfitMonitor
@@ -104,7 +104,7 @@ def finetune(
     """
     r = make_recipe(recipe, **sections)
     started = time.time()
-    state = PartialState()  # accelerate's process info (rank, world size); no device work
+    state = process_state()  # accelerate's process info (rank, world size); no device work
     # 1. Everything that can be wrong with the input fails here, before anything is written.
     run_dir = check_run_dir(r, resume, main_process=state.is_main_process)
     setup = _setup(r)

@@ -31,3 +31,7 @@ class RegistryError(FinekitError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
         return str(self.args[0]) if self.args else ""
+
+
+class LaunchError(FinekitError, RuntimeError):
+    """A multi-process launch finekit cannot run safely (the processes do not see each other)."""

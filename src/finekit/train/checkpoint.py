@@ -10,6 +10,7 @@ place, so a folder with the final name is always complete; a crash mid-write lea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -24,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from finekit.errors import RunDirError
+
+log = logging.getLogger(__name__)
 
 # File names inside a checkpoint folder (torchtune-style named constants).
 WEIGHTS = "model.safetensors"
@@ -73,8 +76,10 @@ def save_checkpoint(
     progress: Progress,
     keep: int,
     scaler: Any = None,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically; keep only the newest `keep`."""
+    """Write a complete checkpoint atomically; keep only the newest `keep`. `rng_states`:
+    every process's `rng_state()` by rank (default: this process's alone)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{progress.step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -87,7 +92,7 @@ def save_checkpoint(
     torch.save(scheduler.state_dict(), tmp / SCHEDULER)
     if scaler is not None:  # fp16 loss scale: part of exact resume
         torch.save(scaler.state_dict(), tmp / SCALER)
-    _save_rng(tmp)
+    _save_rng(tmp, rng_states or [rng_state()])
     (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=1))
     _publish(tmp, final)
     for old in list_checkpoints(root)[:-keep]:
@@ -163,8 +168,10 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any = None,
+    rank: int = 0,
 ) -> Progress:
-    """Restore weights, optimizer, scheduler and RNG from `path`; return the progress."""
+    """Restore weights, optimizer, scheduler and this process's (`rank`) random state from
+    `path`; return the progress."""
     missing = [f for f in (WEIGHTS, OPTIMIZER, SCHEDULER, PROGRESS) if not (path / f).is_file()]
     if missing:
         raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); {_instead(path)}")
@@ -186,7 +193,7 @@ def load_checkpoint(
     scheduler.load_state_dict(_read(path, SCHEDULER, lambda f: torch.load(f, weights_only=True)))
     if scaler is not None and (path / SCALER).is_file():
         scaler.load_state_dict(_read(path, SCALER, lambda f: torch.load(f, weights_only=True)))
-    _load_rng(path)
+    _load_rng(path, rank)
     data = _read(path, PROGRESS, lambda f: json.loads(f.read_text()))
     return Progress(**data)
 
@@ -215,36 +222,63 @@ def _instead(path: Path) -> str:
     return "delete it to train from the start (training.keep_checkpoints > 1 keeps a spare)"
 
 
-def _save_rng(folder: Path) -> None:
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{i}"] = s
-    save_file(tensors, str(folder / RNG_TENSORS))
+def rng_state() -> dict[str, Any]:
+    """This process's random state: torch (CPU and every GPU), Python and NumPy."""
     py = random.getstate()
     np_state: Any = np.random.get_state()
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[float(x) for x in np_state[2:]]],
+    }
+
+
+def _prefix(rank: int) -> str:
+    return "" if rank == 0 else f"rank{rank}/"  # rank 0 as single-process runs store it
+
+
+def _save_rng(folder: Path, states: list[dict[str, Any]]) -> None:
+    """One file of tensors and one of JSON for all processes: under data parallelism each
+    draws its own dropout masks and augmentations, so each gets its own stream back."""
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, Any] = {}
+    for rank, st in enumerate(states):
+        tensors[f"{_prefix(rank)}torch_cpu"] = st["torch_cpu"]
+        for i, t in enumerate(st["torch_cuda"]):
+            tensors[f"{_prefix(rank)}torch_cuda_{i}"] = t
+        if rank:
+            ranks[str(rank)] = {"python": st["python"], "numpy": st["numpy"]}
+    save_file(tensors, str(folder / RNG_TENSORS))
+    first = states[0]
     (folder / RNG_STATE).write_text(
-        json.dumps(
-            {
-                "python": [py[0], list(py[1]), py[2]],
-                "numpy": [np_state[0], np_state[1].tolist(), *[float(x) for x in np_state[2:]]],
-            }
-        )
+        json.dumps({"python": first["python"], "numpy": first["numpy"], "ranks": ranks})
     )
 
 
-def _load_rng(folder: Path) -> None:
+def _load_rng(folder: Path, rank: int = 0) -> None:
     if not (folder / RNG_TENSORS).is_file():
         return
     tensors = _read(folder, RNG_TENSORS, lambda f: load_file(str(f)))
-    torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    data = _read(folder, RNG_STATE, lambda f: json.loads(f.read_text()))
+    prefix = _prefix(rank)
+    if f"{prefix}torch_cpu" not in tensors:
+        log.warning(
+            "checkpoint %s holds no random state for process %d (written by fewer processes): "
+            "it continues with process 0's; the resumed run will not repeat the original",
+            folder,
+            rank,
+        )
+        prefix, rank = "", 0
+    torch.set_rng_state(tensors[f"{prefix}torch_cpu"])
+    cuda_keys = [k for k in tensors if k.startswith(f"{prefix}torch_cuda_")]
+    cuda = [tensors[k] for k in sorted(cuda_keys, key=lambda k: int(k.rsplit("_", 1)[1]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    data = _read(folder, RNG_STATE, lambda f: json.loads(f.read_text()))
-    v, internal, gauss = data["python"]
+    own = data if rank == 0 else data["ranks"][str(rank)]
+    v, internal, gauss = own["python"]
     random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = data["numpy"]
+    name, keys, pos, has_gauss, cached = own["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
 
 

@@ -36,6 +36,7 @@ from finekit.train.checkpoint import (
     latest_checkpoint,
     load_best_weights,
     load_checkpoint,
+    rng_state,
     save_best_weights,
     save_checkpoint,
 )
@@ -323,6 +324,11 @@ class Loop:
         """Keep the current weights as checkpoints/best/ (atomic: temp folder + rename)."""
         full = self.acc.get_state_dict(self.model)
         state = checkpoint_state(self.acc.unwrap_model(self.model), full)
+        rng = [rng_state()]
+        if self.acc.num_processes > 1:  # every process's own stream, to rank 0 (by rank)
+            from accelerate.utils import gather_object
+
+            rng = gather_object(rng)
         if self.acc.is_main_process:
             save_best_weights(self.ckpt_dir, state, row)
         self.acc.wait_for_everyone()
@@ -339,6 +345,11 @@ class Loop:
         # get_state_dict runs on every rank: under FSDP/DeepSpeed it gathers the shards.
         full = self.acc.get_state_dict(self.model)
         state = checkpoint_state(self.acc.unwrap_model(self.model), full)
+        rng = [rng_state()]
+        if self.acc.num_processes > 1:  # every process's own stream, to rank 0 (by rank)
+            from accelerate.utils import gather_object
+
+            rng = gather_object(rng)
         if self.acc.is_main_process:
             self.progress.extra["history"] = self.state.history
             self.progress.wall_seconds = self.wall_before + time.time() - self.started
@@ -350,6 +361,7 @@ class Loop:
                 self.progress,
                 keep=self.spec.keep_checkpoints,
                 scaler=self.acc.scaler,
+                rng_states=rng,
             )
             fire(self.callbacks, "on_checkpoint", self.state, self.control, path=path)
         self.acc.wait_for_everyone()
@@ -380,6 +392,7 @@ class Loop:
             self.optimizer,
             self.scheduler,
             scaler=self.acc.scaler,
+            rank=self.acc.process_index,
         )
         self.state.progress = self.progress
         self.wall_before = self.progress.wall_seconds
