@@ -301,3 +301,48 @@ def test_checkpoint_each_epoch_off_keeps_step_and_final_checkpoints(tiny_recipe:
 
     finetune(r, callbacks=[Spy()])
     assert seen == ["step-00000020", "step-00000040", "step-00000042"]
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_recipe: Recipe, tmp_path: Path) -> None:
+    """8 × 2 accumulated micro-batches = one batch of 16: the same optimizer steps, the
+    same schedule and (without dropout, on 96 = 6 × 16 rows) the same weights."""
+    from safetensors.torch import load_file
+
+    base = tiny_recipe.with_overrides(
+        {
+            "training.epochs": 2,
+            "training.group_by_length": False,  # the same order cut into 8s or 16s
+            "data.validation_fraction": 0.2,  # 120 rows -> 96 for training
+            "model.dropout": {"hidden": 0.0, "attention": 0.0, "classifier": 0.0},
+            "evaluation.train_eval_samples": 0,
+        }
+    )
+    big = finetune(
+        base.with_overrides({"training.batch_size": 16, "output.dir": str(tmp_path / "big")})
+    )
+    acc = finetune(
+        base.with_overrides(
+            {
+                "training.batch_size": 8,
+                "training.grad_accum": 2,
+                "output.dir": str(tmp_path / "acc"),
+            }
+        )
+    )
+    assert big.summary["data"]["rows"]["train"] == 96
+    for key in ("steps", "samples_seen"):
+        assert acc.train[key] == big.train[key], key
+    assert acc.train["steps"] == 12
+    a = load_file(str(big.model_dir / "model.safetensors"))
+    b = load_file(str(acc.model_dir / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    rows = {
+        name: [r for r in _rows(res.run_dir / "metrics.jsonl") if r["split"] == "train"]
+        for name, res in (("big", big), ("acc", acc))
+    }
+    assert [r["lr"] for r in rows["acc"]] == pytest.approx([r["lr"] for r in rows["big"]])
+    # The logged loss is the mean over the step's examples, not the sum of micro-batches.
+    assert [r["loss"] for r in rows["acc"]] == pytest.approx(
+        [r["loss"] for r in rows["big"]], rel=1e-4
+    )
