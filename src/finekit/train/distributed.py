@@ -45,7 +45,7 @@ def process_state() -> PartialState:
         raise LaunchError(
             f"started as {launched_processes()} processes, but accelerate sees a single one "
             f"({state.distributed_type}); each would train alone and overwrite the others' "
-            "run directory. Launch with `accelerate launch` (add --cpu on a machine without "
-            "GPUs) or run one process"
+            "run directory. Launch on GPUs with `accelerate launch` or `torchrun` (on a "
+            "machine without accelerators finekit selects the CPU backend), or run one process"
         )
     return state

@@ -324,11 +324,6 @@ class Loop:
         """Keep the current weights as checkpoints/best/ (atomic: temp folder + rename)."""
         full = self.acc.get_state_dict(self.model)
         state = checkpoint_state(self.acc.unwrap_model(self.model), full)
-        rng = [rng_state()]
-        if self.acc.num_processes > 1:  # every process's own stream, to rank 0 (by rank)
-            from accelerate.utils import gather_object
-
-            rng = gather_object(rng)
         if self.acc.is_main_process:
             save_best_weights(self.ckpt_dir, state, row)
         self.acc.wait_for_everyone()
