@@ -128,10 +128,12 @@ def build_tiny_llama(
     chat_template: str | None = None,
     max_positions: int = 128,
     before_save: Callable[[Any, Any], None] | None = None,
+    pad: bool = True,
 ) -> Path:
     """A random 2-layer Llama (hidden 32) and a word-level tokenizer, saved as an HF folder.
 
-    `vocab` starts with "<unk>", "<eos>" (eos = pad = id 1); `specials` are registered as
+    `vocab` starts with "<unk>", "<eos>" (eos = pad = id 1; `pad=False`: no pad token, as
+    GPT-2 and Llama ship); `specials` are registered as
     special tokens (e.g. ChatML markers); `before_save(model, tokenizer)` may train the model
     a little first (a base with a skill to lose)."""
     import torch
@@ -146,7 +148,10 @@ def build_tiny_llama(
     if specials:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>"
+        tokenizer_object=tok,
+        eos_token="<eos>",
+        unk_token="<unk>",
+        **({"pad_token": "<eos>"} if pad else {}),
     )
     if chat_template is not None:
         fast.chat_template = chat_template
@@ -159,7 +164,7 @@ def build_tiny_llama(
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
         eos_token_id=1,
-        pad_token_id=1,
+        pad_token_id=1 if pad else None,
         bos_token_id=None,
         tie_word_embeddings=False,
     )

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from conftest import CLASS_WORDS, FILLER
+from conftest import CLASS_WORDS, FILLER, build_tiny_llama
 
 from finekit import Recipe, finetune
 from finekit.serve.predict import load_run
@@ -18,32 +17,13 @@ from finekit.serve.predict import load_run
 
 @pytest.fixture(scope="module")
 def padless_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     words = sorted({w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER))
-    vocab = ["<unk>", "<eos>", *words]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
-    assert fast.pad_token is None
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=1,
-        bos_token_id=None,
-        pad_token_id=None,
+    d = build_tiny_llama(
+        tmp_path_factory.mktemp("padless-llama"), ["<unk>", "<eos>", *words], pad=False
     )
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("padless-llama")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    fast.save_pretrained(d)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(d).pad_token is None
     return d
 
 

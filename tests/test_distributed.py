@@ -15,50 +15,6 @@ import pytest
 
 from finekit import Recipe
 
-
-def test_torchrun_on_cpu_trains_one_run_with_two_processes(
-    tiny_recipe: Recipe, tmp_path: Path
-) -> None:
-    recipe = tmp_path / "r.yaml"
-    tiny_recipe.with_overrides(
-        {"training.epochs": 8, "training.lr": 3e-3, "output.dir": None}
-    ).to_yaml(recipe)
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("ACCELERATE_USE_CPU", None)
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
-    done = subprocess.run(
-        [*launch, "-m", "finekit.cli", "train", str(recipe), "--output", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = json.loads((out / "run.json").read_text())
-    train = run["train"]
-    assert train["num_processes"] == 2 and run["status"] == "completed"
-    # 8 per process = 16 per optimizer step over the 108 training rows: 7 steps an epoch.
-    assert run["data"]["rows"]["train"] == 108
-    assert train["steps"] == 7 * 8 and train["samples_seen"] == 16 * 7 * 8
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    logged = collections.Counter((r["split"], r["step"]) for r in rows)
-    assert max(logged.values()) == 1  # one writer: no row twice
-    # 45 test rows over 2 processes: the padding duplicate is dropped, not scored twice.
-    assert run["metrics"]["test"]["examples"] == 45
-    assert len((out / "eval" / "predictions_test.csv").read_text().splitlines()) == 46
-    assert run["metrics"]["test"]["accuracy"] >= 0.8  # chance is 1/3
-    losses = [r["loss"] for r in rows if r["split"] == "train"]
-    assert sum(losses[-5:]) < sum(losses[:5])
-
-
 CRASH = """
 import sys
 
@@ -90,6 +46,32 @@ def _launch(args: list[str], ok: bool = True) -> subprocess.CompletedProcess[str
     done = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=600)
     assert (done.returncode == 0) is ok, done.stderr[-3000:]
     return done
+
+
+def test_torchrun_on_cpu_trains_one_run_with_two_processes(
+    tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    tiny_recipe.with_overrides(
+        {"training.epochs": 8, "training.lr": 3e-3, "output.dir": None}
+    ).to_yaml(recipe)
+    out = tmp_path / "ddp"
+    _launch(["-m", "finekit.cli", "train", str(recipe), "--output", str(out)])
+    run = json.loads((out / "run.json").read_text())
+    train = run["train"]
+    assert train["num_processes"] == 2 and run["status"] == "completed"
+    # 8 per process = 16 per optimizer step over the 108 training rows: 7 steps an epoch.
+    assert run["data"]["rows"]["train"] == 108
+    assert train["steps"] == 7 * 8 and train["samples_seen"] == 16 * 7 * 8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = collections.Counter((r["split"], r["step"]) for r in rows)
+    assert max(logged.values()) == 1  # one writer: no row twice
+    # 45 test rows over 2 processes: the padding duplicate is dropped, not scored twice.
+    assert run["metrics"]["test"]["examples"] == 45
+    assert len((out / "eval" / "predictions_test.csv").read_text().splitlines()) == 46
+    assert run["metrics"]["test"]["accuracy"] >= 0.8  # chance is 1/3
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert sum(losses[-5:]) < sum(losses[:5])
 
 
 def test_a_data_parallel_run_resumes_exactly(tiny_recipe: Recipe, tmp_path: Path) -> None:
