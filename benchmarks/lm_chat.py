@@ -78,10 +78,10 @@ def collect(name: str, run_dir: Path) -> dict[str, Any]:
 def general_perplexity(run_dir: Path, run: dict[str, Any]) -> dict[str, float]:
     """General-English perplexity of the base and the exported model, as the run's own
     retention measures it (finekit's reference, causal_lm blocks of 256 tokens)."""
+    from finekit.core.contracts import HeadSpec
     from finekit.models import family_for
     from finekit.recipe import ModelSpec
     from finekit.serve.predict import load_run
-    from finekit.tasks.base import HeadSpec
     from finekit.tasks.causal_lm import CausalLMConfig, CausalLMTask, GeneralPerplexity
 
     spec = ModelSpec(path=run["model"]["path"])
@@ -97,11 +97,11 @@ def rescore(run_dir: Path, turn: str) -> dict[str, dict[str, float]]:
     """Generation scores of the base and the run's exported model on the run's own held-out
     conversations, at another `task.generation_turn` (no training: the turn only changes
     which reply evaluation generates)."""
+    from finekit.core.contracts import HeadSpec
     from finekit.data.splits import read_splits
     from finekit.models import family_for
     from finekit.serve.predict import load_run
     from finekit.tasks import build_task
-    from finekit.tasks.base import HeadSpec
 
     r = Recipe.from_yaml(run_dir / "recipe.yaml").with_overrides({"task.generation_turn": turn})
     task: Any = build_task(r.task)

@@ -177,8 +177,8 @@ def _augmented(r: Recipe, prob: float = 1.0) -> Recipe:
 def test_only_training_examples_are_augmented(tiny_recipe: Recipe, tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from finekit.api import _subset
     from finekit.data.splits import read_splits
+    from finekit.run.stages import subset as _subset
     from finekit.tasks import build_task
     from finekit.tasks.classify import AugmentedTexts
 

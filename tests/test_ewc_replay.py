@@ -13,12 +13,13 @@ import torch
 from conftest import CrashAtStep, build_tiny_llama, make_rows
 
 from finekit import Recipe, finetune
-from finekit.api import _ewc, _setup
 from finekit.errors import DataError, RecipeError
 from finekit.methods.regularisers import diagonal_fisher
 from finekit.methods.replay import ReplayMix
 from finekit.models import family_for
 from finekit.recipe import ModelSpec
+from finekit.run.stages import ewc
+from finekit.run.stages import setup as _setup
 from finekit.tasks import EncodedDataset, HeadSpec
 from finekit.train.callbacks import CallbackError
 from finekit.train.loop import EpochSampler
@@ -33,7 +34,7 @@ def _ewc_of(r: Recipe):  # noqa: ANN202
     s = _setup(r)
     train = s.task.encode(s.prepared.splits.train, s.loaded.processor, "train")
     assert r.training.ewc is not None
-    return _ewc(r, r.training.ewc, s.task, s.model, s.groups, s.loaded.processor, train), s
+    return ewc(r, r.training.ewc, s, train), s
 
 
 # --------------------------------------------------------------------------- EWC
@@ -98,7 +99,7 @@ def test_ewc_fisher_is_normalised_from_the_base_weights(tiny_recipe: Recipe) -> 
     with torch.no_grad():
         for p in body:
             p.add_(0.2 * torch.randn_like(p))
-    perturbed = _ewc(r, 1.0, s.task, s.model, s.groups, s.loaded.processor, train)
+    perturbed = ewc(r, 1.0, s, train)
     mean = ewc.info["fisher_mean_before_normalising"]
     assert perturbed.info["fisher_mean_before_normalising"] != pytest.approx(mean, rel=0.01)
     again, _ = _ewc_of(r)

@@ -270,7 +270,7 @@ def test_forward_flops_scale_with_resolution_and_keep_the_rng(tiny_resnet, toy_n
     measuring draws nothing from the run's random streams."""
     import random
 
-    from finekit.api import _setup
+    from finekit.run.stages import setup as _setup
     from finekit.train.flops import forward_flops_per_example
 
     per_example = {}

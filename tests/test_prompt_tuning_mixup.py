@@ -380,7 +380,7 @@ def test_text_mixup_mixes_training_batches_only(
 
 
 def test_text_mixup_loss_is_the_mix_of_the_two_cross_entropies(tiny_recipe: Recipe) -> None:
-    from finekit.api import _setup
+    from finekit.run.stages import setup as _setup
 
     setup = _setup(_mixup(tiny_recipe))
     task, model, processor = setup.task, setup.model, setup.loaded.processor

@@ -83,8 +83,8 @@ def _common_sections(
 
 
 def _build_recipe(recipe: Path | None, sets: list[str] | None, sections: dict[str, Any]):
-    from finekit.api import make_recipe
     from finekit.recipe import Recipe, apply_overrides, deep_merge
+    from finekit.run import make_recipe
 
     if recipe is not None:
         base = Recipe.from_yaml(recipe).to_dict()
@@ -130,7 +130,7 @@ def train(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fine-tune: from a recipe file, or from flags for the common case."""
-    from finekit.api import finetune
+    from finekit.run import finetune
     from finekit.rundir import RECIPE
 
     _setup_logging(verbose)
@@ -377,8 +377,8 @@ def recipe_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Print the fully resolved recipe (all defaults) of a file, or a starting template."""
-    from finekit.api import make_recipe
     from finekit.recipe import Recipe, apply_overrides
+    from finekit.run import make_recipe
 
     if recipe is not None:
         r = Recipe.from_yaml(recipe, overrides=set_ or [])

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -71,15 +71,49 @@ class ModelSpec(Section):
 
 # --------------------------------------------------------------------------- task / method
 class TaskConfig(Section):
-    """Base of task sections; each task registers a subclass with its own options."""
+    """Base of task sections; each task registers a subclass with its own options, and
+    declares here what the generic checks of a recipe may ask of it. The schema holds no
+    rule about a particular task: each task's own rules live in its `check`."""
 
     name: str = "classify"
+    # Whether the task has classes (data.k_per_class samples k examples of each).
+    has_classes: ClassVar[bool] = False
+    # Whether evaluation generates replies (evaluation.rules checks them).
+    generates: ClassVar[bool] = False
+
+    def input_kind(self) -> str | None:
+        """The kind of input (`text`, `image`...) augmentation is chosen for; None = the
+        task takes no augmentation."""
+        return None
+
+    def reads_text_pairs(self) -> bool:
+        """Whether `data.text_pair_column` (a second text per example) is read."""
+        return False
+
+    def resolve(self, recipe: Recipe) -> None:
+        """Fill `auto` fields from the rest of the recipe (e.g. the data's modality)."""
+
+    def check(self, recipe: Recipe) -> None:
+        """The task's own cross-checks of the whole recipe; raise ValueError naming the
+        field and the fix."""
+
+    def length_fields(self) -> dict[str, int]:
+        """Token lengths this task feeds the model besides training.max_length, by recipe
+        field (e.g. {"task.block_size": 256}); each is checked against the model."""
+        return {}
 
 
 class MethodConfig(Section):
     """Base of method sections; each method registers a subclass with its own options."""
 
     name: str = "full"
+    # False where the method drops `position_ids` (prompt tuning prepends virtual tokens),
+    # which tasks that pack several examples into one row need.
+    keeps_position_ids: ClassVar[bool] = True
+
+    def advice(self, recipe: Recipe) -> list[str]:
+        """Warnings about settings that are legal but unlikely to work with this method."""
+        return []
 
 
 # --------------------------------------------------------------------------- data
@@ -272,7 +306,6 @@ class TrainingSpec(Section):
 
 
 # --------------------------------------------------------------------------- evaluation
-GENERATION_TASKS = ("chat",)
 # Retention measures a run can select by (evaluation.metric), merged into every validation
 # row by the retention evaluator: name -> mode. Which one a run has depends on the model.
 RETENTION_METRICS = {
@@ -280,7 +313,7 @@ RETENTION_METRICS = {
     "retention_cosine": "max",
     "general_perplexity": "min",  # causal LMs: general-English perplexity
     "general_pseudo_perplexity": "min",  # masked LMs; encoders with an MLM head
-}  # tasks whose evaluation generates replies (evaluation.rules)
+}
 
 
 class RuleSpec(Section):
@@ -412,11 +445,7 @@ def _registered_section(value: Any, kind: str) -> Any:
         value = value.model_dump()
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping with a `name`, got {type(value).__name__}")
-    registry: Any
-    if kind == "task":
-        from finekit.tasks import TASKS as registry
-    else:
-        from finekit.methods import METHODS as registry
+    registry = _registry(kind)
     name = value.get("name", "classify" if kind == "task" else "full")
     try:
         entry = registry.get(name)
@@ -457,34 +486,27 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
-        if self.data.k_per_class is not None and self.task.name not in ("classify",):
-            raise ValueError(f"data.k_per_class needs a task with classes, not {self.task.name!r}")
-        if self.evaluation.rules is not None and self.task.name not in GENERATION_TASKS:
+        """Generic checks against what the task declares, then the task's own."""
+        task = self.task
+        task.resolve(self)
+        if self.data.k_per_class is not None and not task.has_classes:
+            raise ValueError(f"data.k_per_class needs a task with classes, not {task.name!r}")
+        if self.evaluation.rules is not None and not task.generates:
             raise ValueError(
-                f"evaluation.rules checks generated replies; task {self.task.name!r} does not "
-                f"generate (tasks that do: {', '.join(GENERATION_TASKS)})"
+                f"evaluation.rules checks generated replies; task {task.name!r} does not "
+                "generate replies"
             )
-        modality = getattr(self.task, "modality", None)
-        if modality == "auto":
-            self.task.modality = "image" if looks_like_images(self.data) else "text"  # type: ignore[attr-defined]
-            modality = self.task.modality  # type: ignore[attr-defined]
-        if self.data.text_pair_column and (self.task.name, modality) != ("classify", "text"):
-            what = f"{self.task.name!r}" + (f" ({modality})" if modality else "")
+        modality = task.input_kind()
+        if self.data.text_pair_column and not task.reads_text_pairs():
+            what = f"{task.name!r}" + (f" ({modality})" if modality else "")
             raise ValueError(
-                f"data.text_pair_column: only text classification reads a second text; task "
-                f"{what} would ignore column {self.data.text_pair_column!r}"
+                f"data.text_pair_column: task {what} reads one text per example and would "
+                f"ignore column {self.data.text_pair_column!r}"
             )
         from finekit.data.augment import check_augment
 
-        check_augment(self.data.augment, self.task.name, modality)
-        # chat packs conversations apart by position_ids (causal_lm packs plain blocks).
-        packed_chat = self.task.name == "chat" and getattr(self.task, "packing", False)
-        if self.method.name == "prompt_tuning" and packed_chat:
-            raise ValueError(
-                "task.packing: prompt_tuning prepends virtual tokens to each row and peft "
-                "drops the position_ids that keep packed conversations apart; set "
-                "task.packing: false"
-            )
+        check_augment(self.data.augment, task.name, modality)
+        task.check(self)
         return self
 
     # ----------------------------------------------------------------- construction
@@ -494,10 +516,6 @@ class Recipe(Section):
         if not isinstance(data, dict):
             raise RecipeError(f"{source}: a recipe must be a mapping, got {type(data).__name__}")
         data = copy.deepcopy(data)
-        # Task/method config classes are looked up in registries that fill on import.
-        import finekit.methods  # noqa: F401
-        import finekit.tasks  # noqa: F401
-
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -538,24 +556,17 @@ class Recipe(Section):
 
 
 # --------------------------------------------------------------------------- helpers
-IMAGE_FORMATS = ("npz", "images")
+# Task and method sections are validated by the config classes their plug-ins register.
+SECTION_REGISTRIES: dict[str, Any] = {}
 
 
-def looks_like_images(data: DataSpec) -> bool:
-    """Image data: an image column, an image format, an .npz file or a plain folder."""
-    if data.image_column is not None or data.format in IMAGE_FORMATS:
-        return True
-    if data.format != "auto" or data.train.startswith("hf://"):
-        return False
-    p = Path(data.train)
-    if p.suffix.lower() == ".npz":
-        return True
-    hf_markers = ("dataset_dict.json", "dataset_info.json", "state.json")
-    if not p.is_dir() or any((p / m).exists() for m in hf_markers):
-        return False
-    from finekit.data.readers import is_text_folder
+def _registry(kind: str) -> Any:
+    """The task or method registry (filled with the plug-ins on first lookup)."""
+    if not SECTION_REGISTRIES:
+        from finekit.core.contracts import METHODS, TASKS
 
-    return not is_text_folder(p)
+        SECTION_REGISTRIES.update(task=TASKS, method=METHODS)
+    return SECTION_REGISTRIES[kind]
 
 
 def _undot(d: dict[str, Any]) -> dict[str, Any]:
@@ -646,12 +657,8 @@ def _allowed_fields(loc: list[str], data: dict[str, Any]) -> str:
             section = data.get(part)
             name = section.get("name") if isinstance(section, dict) else section
             try:
-                reg: Any
-                if part == "task":
-                    from finekit.tasks import TASKS as reg
-                else:
-                    from finekit.methods import METHODS as reg
-                cls = reg.get(name or ("classify" if part == "task" else "full")).config_cls
+                default = "classify" if part == "task" else "full"
+                cls = _registry(part).get(name or default).config_cls
             except RegistryError:
                 return ""
         else:

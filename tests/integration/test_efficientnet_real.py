@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from finekit.core.contracts import HeadSpec
 from finekit.models import family_for
 from finekit.models.base import LoadedModel
 from finekit.recipe import ModelSpec
-from finekit.tasks.base import HeadSpec
 
 pytestmark = pytest.mark.integration
 

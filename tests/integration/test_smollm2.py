@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
+from finekit.core.contracts import HeadSpec
 from finekit.models import family_for
 from finekit.models.base import LoadedModel
 from finekit.recipe import ModelSpec
-from finekit.tasks.base import HeadSpec
 from finekit.tasks.causal_lm import CausalLMConfig, CausalLMTask
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -198,3 +199,21 @@ def read_text_corpus(path: str) -> pd.DataFrame:
     if not rows:
         raise DataError(f"data folder {path}: every text file is empty ({files[0]}, ...)")
     return pd.DataFrame(rows)
+
+
+IMAGE_FORMATS = ("npz", "images")
+
+
+def looks_like_images(data: Any) -> bool:
+    """Image data: an image column, an image format, an .npz file or a plain folder."""
+    if data.image_column is not None or data.format in IMAGE_FORMATS:
+        return True
+    if data.format != "auto" or data.train.startswith("hf://"):
+        return False
+    p = Path(data.train)
+    if p.suffix.lower() == ".npz":
+        return True
+    hf_markers = ("dataset_dict.json", "dataset_info.json", "state.json")
+    if not p.is_dir() or any((p / m).exists() for m in hf_markers):
+        return False
+    return not is_text_folder(p)

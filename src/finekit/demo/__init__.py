@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from finekit.recipe import Recipe
 
 if TYPE_CHECKING:
-    from finekit.api import FinetuneResult
+    from finekit.run import FinetuneResult
 
 DEMO_MODEL = "finekit:minilm-l6"
 # A random body gives the head no useful features at first; on the demo data (seed 42) a
@@ -63,7 +63,7 @@ def demo_recipe(output_dir: str | None = None) -> Recipe:
 
 def run_demo(output_dir: str | None = None, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """Run both arms; return their results. Output under `output_dir` (default runs/)."""
-    from finekit.api import finetune
+    from finekit.run import finetune
 
     root = (
         Path(output_dir) if output_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -104,8 +104,8 @@ def _scratch_on_validation(
     base: Recipe, out: Path, tries: list[tuple[str, float]], echo: Callable[[str], Any]
 ) -> FinetuneResult:
     """Train scratch once per head rate; keep the run that validates best."""
-    from finekit.api import finetune
     from finekit.evaluate.compare import pick_on_validation, validation_score
+    from finekit.run import finetune
 
     runs: dict[str, FinetuneResult] = {}
     for label, head_lr in tries:

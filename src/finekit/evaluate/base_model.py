@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from finekit.core.contracts import EncodedDataset, Task, capabilities
 from finekit.evaluate.runner import run_outputs
-from finekit.tasks.base import EncodedDataset, Task
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def base_view(model: nn.Module) -> Iterator[nn.Module]:
 
 def has_probe(task: Task) -> bool:
     """Tasks whose base is a linear probe: classifiers (outputs `probs` over `labels`)."""
-    return isinstance(getattr(task, "labels", None), list) and task.head().kind.endswith(
+    return capabilities(task).classes is not None and task.head().kind.endswith(
         "classification"
     )
 
@@ -166,8 +166,5 @@ def score_rows(
     blocks then hold only these rows). Encoding bookkeeping for `split` is dropped, so
     run.json's data counts stay those of the real splits."""
     data = task.encode(rows.reset_index(drop=True), processor, split)
-    for attr in ("counts", "truncation"):
-        book = getattr(task, attr, None)
-        if isinstance(book, dict):
-            book.pop(split, None)
+    task.forget_split(split)
     return task.metrics(run_outputs(task, model, data, task.collator(processor), batch_size))

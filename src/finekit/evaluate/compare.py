@@ -385,7 +385,7 @@ def validation_score(run: dict[str, Any], metric: str) -> float | None:
 def run_or_skip(r: Recipe, run_dir: Path, tag: str, echo: Callable[[str], Any]) -> dict[str, Any]:
     """Train `r` into `run_dir` unless a completed run is there (an interrupted one
     resumes); its run.json."""
-    from finekit.api import finetune
+    from finekit.run import finetune
 
     if is_run_dir(run_dir) and (run_dir / RECIPE).is_file():
         diff = recipe_diff(Recipe.from_yaml(run_dir / RECIPE), r)

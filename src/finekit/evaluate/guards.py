@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
+from finekit.core.contracts import Task
 from finekit.data.splits import read_splits
 from finekit.errors import DataError
 from finekit.recipe import Recipe
-from finekit.tasks.base import Task
 
 EDGE_CASES = "edge_cases"
 

@@ -169,6 +169,7 @@ class EmbeddingRetention:
         self._iu = np.triu_indices(len(self.texts), k=1)
         self._base_sims = (self.base @ self.base.T)[self._iu]
         self.before: dict[str, float] = {"retention_similarity": 1.0, "retention_cosine": 1.0}
+        self.note: str | None = None
         if mlm_head is not None:
             self.before[MaskedLMHead.PPL] = self._ppl(enc)
             self.note = (

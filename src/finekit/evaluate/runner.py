@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from finekit.tasks.base import Batch, EncodedDataset, Task
+from finekit.core.contracts import Batch, EncodedDataset, Task
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

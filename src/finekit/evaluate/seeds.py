@@ -44,7 +44,7 @@ def finetune_seeds(
     """Run `recipe` with `seeds` consecutive seeds from `training.seed` into
     `output` (default: the recipe's `output.dir`, else runs/<name>-seeds); write and
     return the seeds.json summary, and echo a `metric  mean ± std` table."""
-    from finekit.api import make_recipe
+    from finekit.run import make_recipe
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise RecipeError(f"--seeds must be a whole number >= 1, got {seeds!r}")
@@ -77,7 +77,7 @@ def finetune_folds(
     validation is that fold of data.train, training the other k-1) into `output`/fold-<i>/
     (default: the recipe's `output.dir`, else runs/<name>-folds); write and return
     folds.json (mean ± std over folds of every validation and test metric)."""
-    from finekit.api import make_recipe
+    from finekit.run import make_recipe
 
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise RecipeError(f"--folds must be a whole number >= 2, got {folds!r}")

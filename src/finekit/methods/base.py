@@ -14,10 +14,9 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from finekit.core.contracts import METHODS, HeadSpec, MethodEntry
 from finekit.models.base import LayerGroups, ModelFamily
 from finekit.recipe import MethodConfig
-from finekit.registry import Registry
-from finekit.tasks.base import HeadSpec
 
 
 @dataclass
@@ -49,8 +48,26 @@ class Method(Protocol):
         """Write the trained model to run_dir/model (plain, loadable by its own library)."""
         ...
 
+    def callbacks(self, model: nn.Module) -> list[Any]:
+        """Loop callbacks the method needs (e.g. gradual unfreezing's schedule)."""
+        ...
 
-class PlainExport:
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps the method's schedule needs to finish (0: none)."""
+        ...
+
+
+class Unscheduled:
+    """For methods that change nothing while training runs."""
+
+    def callbacks(self, model: nn.Module) -> list[Any]:
+        return []
+
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        return 0
+
+
+class PlainExport(Unscheduled):
     """Export for methods that train the model in place (full, freeze, BitFit...)."""
 
     def export(
@@ -66,15 +83,6 @@ class PlainExport:
         return {"model": "model"}
 
 
-@dataclass
-class MethodEntry:
-    config_cls: type[MethodConfig]
-    factory: Callable[[Any], Method]
-
-
-METHODS: Registry[MethodEntry] = Registry("method")
-
-
 def register_method(
     name: str, config_cls: type[MethodConfig], factory: Callable[[Any], Method]
 ) -> None:
@@ -83,7 +91,8 @@ def register_method(
 
 
 def build_method(config: MethodConfig) -> Method:
-    return METHODS.get(config.name).factory(config)
+    method: Method = METHODS.get(config.name).factory(config)
+    return method
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -12,11 +12,11 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import nn
 
+from finekit.core.contracts import HeadSpec
 from finekit.errors import RecipeError
-from finekit.methods.base import MethodContext, register_method
+from finekit.methods.base import MethodContext, Unscheduled, register_method
 from finekit.models.base import ModelFamily
 from finekit.recipe import MethodConfig
-from finekit.tasks.base import HeadSpec
 
 # head kind -> peft TaskType name (peft then knows the forward signature and the head).
 PEFT_TASK_TYPES = {
@@ -67,7 +67,7 @@ def conv_targets(model: nn.Module, head: list[str]) -> list[str]:
     return sorted(names) if has_conv else []
 
 
-class Lora:
+class Lora(Unscheduled):
     def __init__(self, config: LoraConfig) -> None:
         self.config = config
 

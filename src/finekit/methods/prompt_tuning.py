@@ -16,23 +16,33 @@ happens to the original base path (a hub cache, a moved folder).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
 
+from finekit.core.contracts import HeadSpec
 from finekit.errors import RecipeError
-from finekit.methods.base import MethodContext, register_method
+from finekit.methods.base import MethodContext, Unscheduled, register_method
 from finekit.methods.lora import PEFT_TASK_TYPES
 from finekit.models.base import ModelFamily
-from finekit.recipe import MethodConfig
-from finekit.tasks.base import HeadSpec
+from finekit.recipe import MethodConfig, Recipe
 
 SUPPORTED_HEADS = ("causal-lm", "sequence-classification")
 
 
 class PromptTuningConfig(MethodConfig):
     name: str = "prompt_tuning"
+    keeps_position_ids: ClassVar[bool] = False  # peft drops them for virtual tokens
+
+    def advice(self, recipe: Recipe) -> list[str]:
+        # Soft prompts learn at 1e-2..3e-1 (Lester et al. 2021); at encoder rates they barely move.
+        if recipe.training.lr < 1e-3:
+            return [
+                f"method prompt_tuning with training.lr={recipe.training.lr:g}: soft prompts "
+                "need ~1e-2 to 3e-1; set training.lr"
+            ]
+        return []
     # Prompt length: Lester et al. found 20 tokens close to the best for large models; more
     # helps small models a little. Each virtual token lengthens every sequence by one.
     num_virtual_tokens: int = Field(20, ge=1, le=512)
@@ -74,7 +84,7 @@ def _unwrap_saved_modules(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     return swapped
 
 
-class PromptTuning:
+class PromptTuning(Unscheduled):
     def __init__(self, config: PromptTuningConfig) -> None:
         self.config = config
 

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 class Regulariser(Protocol):
     name: str
+    alpha: float
+    info: dict[str, Any]  # what run.json records beside alpha and the distance
+
+    def distance(self) -> float:
+        """||w - w0|| over the regularised parameters (how far the body moved)."""
+        ...
 
     def penalty(self) -> torch.Tensor:
         """A scalar added to the task loss at every step."""
@@ -37,6 +43,7 @@ class L2SP:
 
     def __init__(self, model: nn.Module, alpha: float, groups: LayerGroups) -> None:
         self.alpha = alpha
+        self.info: dict[str, Any] = {}
         head = groups.head
         self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = [
             (p, p.detach().clone())

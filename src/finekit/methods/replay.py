@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from finekit.core.contracts import EncodedDataset, Task
 from finekit.data.splits import read_splits
 from finekit.errors import DataError
 from finekit.recipe import DataSpec
-from finekit.tasks.base import EncodedDataset, Task
 
 
 def read_replay(spec: DataSpec, task: Task) -> pd.DataFrame:

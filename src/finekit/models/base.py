@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from finekit.core.contracts import HeadSpec
+from finekit.core.registry import Registry
 from finekit.recipe import ModelSpec
-from finekit.registry import Registry
-from finekit.tasks.base import HeadSpec
 
 
 @dataclass
@@ -34,6 +34,10 @@ class LoadedModel:
     processor: Any  # tokenizer / image processor / feature extractor
     family: str
     source: str  # the resolved local path or hub id
+    # Weights the checkpoint did not provide or that had another shape (initialised at
+    # random, e.g. a new head), and checkpoint weights the model has no place for.
+    reinitialised: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
 
 class ModelFamily(Protocol):

@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from finekit.core.contracts import HeadSpec
 from finekit.errors import ModelError
 from finekit.models.base import LayerGroups, LoadedModel, register_family
 from finekit.models.dropout import dropout_updates
 from finekit.models.resolve import resolve_model_path
 from finekit.models.vision import ImagePreprocessor
 from finekit.recipe import ModelSpec
-from finekit.tasks.base import HeadSpec
 
 log = logging.getLogger(__name__)
 

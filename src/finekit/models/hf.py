@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from finekit.core.contracts import HeadSpec
 from finekit.errors import ModelError, RecipeError
 from finekit.models.base import LayerGroups, LoadedModel, register_family
 from finekit.models.dropout import dropout_updates
 from finekit.models.resolve import resolve_model_path
 from finekit.recipe import ModelSpec
-from finekit.tasks.base import HeadSpec
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,13 @@ class HFFamily:
                 model_type = getattr(config, "model_type", type(config).__name__)
                 for name, rate in dropout_updates(spec.dropout, config, model_type, None).items():
                     setattr(config, name, rate)
+            info: dict[str, Any] = {}
             if pretrained:
-                model = auto.from_pretrained(
+                model, info = auto.from_pretrained(
                     path,
                     dtype=DTYPES[spec.dtype],
                     ignore_mismatched_sizes=not exact,
+                    output_loading_info=True,
                     **({"config": config} if config is not None else self._head_kwargs(head)),
                     **common,
                 )
@@ -113,7 +115,15 @@ class HFFamily:
         finally:
             transformers.logging.set_verbosity(verbosity)
         self._ensure_pad(model, processor)
-        return LoadedModel(model=model, processor=processor, family=self.name, source=path)
+        reinit, dropped = load_report(model, info, spec.path)
+        return LoadedModel(
+            model=model,
+            processor=processor,
+            family=self.name,
+            source=path,
+            reinitialised=reinit,
+            dropped=dropped,
+        )
 
     def _processor(self, path: str, head: HeadSpec, common: dict[str, Any]) -> Any:
         kind = HEADS[head.kind][1]
@@ -185,3 +195,40 @@ class HFFamily:
 
 
 register_family(HFFamily())
+
+
+# A share of the model's weights above this left at random means the body did not load
+# (another architecture's checkpoint, renamed keys): a new head is a few tensors at most.
+BODY_MISSING_SHARE = 0.5
+
+
+def load_report(model: nn.Module, info: dict[str, Any], given: str) -> tuple[list[str], list[str]]:
+    """Names of the weights transformers re-initialised (missing, or of another shape) and
+    dropped (in the checkpoint, not in the model), each logged by name; a ModelError when
+    most of the model did not load."""
+    missing = [str(k) for k in info.get("missing_keys") or ()]
+    mismatched = [
+        str(k[0] if isinstance(k, tuple | list) else k) for k in info.get("mismatched_keys") or ()
+    ]
+    reinit = sorted({*missing, *mismatched})
+    dropped = sorted(str(k) for k in info.get("unexpected_keys") or ())
+    total = len(model.state_dict())
+    if total and len(reinit) > BODY_MISSING_SHARE * total:
+        raise ModelError(
+            f"model.path {given!r}: {len(reinit)} of {total} weights were not in the "
+            f"checkpoint or had another shape (e.g. {', '.join(reinit[:3])}): the body did "
+            "not load; check that the folder holds this architecture's weights"
+        )
+    if reinit:
+        log.info(
+            "initialised at random (not in the checkpoint or another shape): %d weights: %s",
+            len(reinit),
+            ", ".join(reinit[:8]) + (", ..." if len(reinit) > 8 else ""),
+        )
+    if dropped:
+        log.warning(
+            "checkpoint weights the model has no place for (dropped): %d: %s",
+            len(dropped),
+            ", ".join(dropped[:8]) + (", ..." if len(dropped) > 8 else ""),
+        )
+    return reinit, dropped

@@ -55,7 +55,7 @@ def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list
     aug = data.get("augment") or {}
     parts.append(
         f"<p>Training class counts: {esc(counts)}; class weights: "
-        f"{esc(data.get('class_weights'))}; input side {esc(getattr(task, 'size', None) or '?')}"
+        f"{esc(data.get('class_weights'))}; input side {esc(task.size or '?')}"
         f" px (from task.image_size or the backbone processor); augmentation: {esc(aug)}.</p>"
     )
     out = [("Data", "".join(parts))]

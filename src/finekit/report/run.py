@@ -194,12 +194,11 @@ def run_report(run_dir: Path) -> Path:
     # Task sections: data summary, per-class, confusions...
     if recipe is not None:
         try:
-            from finekit.tasks import build_task
+            from finekit.core.contracts import build_task, capabilities
 
-            task = build_task(recipe.task)
-            hook = getattr(task, "report_sections", None)
-            if hook is not None:
-                sections += hook(run_dir, recipe, run)
+            own = capabilities(build_task(recipe.task)).report_sections
+            if own is not None:
+                sections += own.report_sections(run_dir, recipe, run)
         except Exception as e:
             log.warning("report: task sections skipped: %s", e)
             sections.append(("Task details", f"<p class=warn>Not available: {esc(e)}</p>"))

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from finekit.core.contracts import Generates, capabilities
 from finekit.errors import RecipeError
 from finekit.serve.predict import LoadedRun
 
 EXIT_WORDS = ("exit", "quit")
 
 
-def _chat_task(loaded: LoadedRun) -> Any:
-    if not hasattr(loaded.task, "generate") or loaded.recipe.task.name != "chat":
+def _chat_task(loaded: LoadedRun) -> Generates:
+    task = capabilities(loaded.task).generate
+    if task is None:
         raise RecipeError(
-            f"{loaded.run_dir} is a {loaded.recipe.task.name!r} run; chat needs a run of task chat"
+            f"{loaded.run_dir} is a {loaded.recipe.task.name!r} run; chat needs a run of a "
+            "task that generates replies (task chat)"
         )
-    return loaded.task
+    return task
 
 
 def generate_file(loaded: LoadedRun, input_path: str, output_path: str) -> pd.DataFrame:
@@ -55,7 +57,7 @@ def chat_loop(
 
     task = _chat_task(loaded)
     history: list[dict[str, str]] = []
-    sp = task.config.system_prompt
+    sp = task.system_prompt
     if sp:
         history.append({"role": "system", "content": sp})
     streamer = (

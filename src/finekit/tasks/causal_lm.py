@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.retention import reference_sentences
 from finekit.recipe import Recipe, TaskConfig
-from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 
 log = logging.getLogger(__name__)
 METRICS = ("perplexity", "loss")  # headline metrics (both: lower is better)
@@ -38,6 +38,9 @@ class CausalLMConfig(TaskConfig):
     """Options of `causal_lm`."""
 
     name: str = "causal_lm"
+    def length_fields(self) -> dict[str, int]:
+        return {"task.block_size": self.block_size}
+
     # Tokens per training example; longer blocks see more context but cost more memory.
     block_size: int = Field(256, ge=8, le=131072)
     # true: concatenate documents (EOS after each) and cut into full blocks, no padding;
@@ -61,6 +64,12 @@ class CausalLMTask:
         self.seed = 42
         self.max_train_blocks: int | None = None
         self.counts: dict[str, dict[str, int]] = {}  # split -> documents/tokens/blocks
+
+    def encoding_record(self) -> dict[str, Any]:
+        return {}  # blocks are cut, not truncated; the counts are in `data.tokens`
+
+    def forget_split(self, split: str) -> None:
+        self.counts.pop(split, None)
 
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:

@@ -20,19 +20,19 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
 
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 from finekit.data.dialogue import apply_house_style, dialogue_to_messages
 from finekit.data.splits import Splits, fold_holdout
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import generation_scores
 from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
-from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 from finekit.tasks.causal_lm import (
     IGNORE,
     CausalLMConfig,
@@ -103,6 +103,17 @@ class ChatConfig(TaskConfig):
     generation_turn: Literal["last", "first"] = "last"
     style: StyleSpec = Field(default_factory=StyleSpec)
 
+    generates: ClassVar[bool] = True
+
+    def check(self, recipe: Recipe) -> None:
+        # Packed conversations are kept apart by their position_ids.
+        if self.packing and not recipe.method.keeps_position_ids:
+            raise ValueError(
+                f"task.packing: {recipe.method.name} drops the position_ids that keep packed "
+                "conversations apart (prompt tuning prepends virtual tokens to each row); set "
+                "task.packing: false"
+            )
+
 
 class ChatTask:
     """Assistant-only next-token loss on rendered conversations (causal-lm head)."""
@@ -123,6 +134,17 @@ class ChatTask:
         self.counts: dict[str, dict[str, Any]] = {}
         self._shown = False
         self._samples: list[dict[str, Any]] = []  # last generation_metrics replies
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.config.system_prompt
+
+    def encoding_record(self) -> dict[str, Any]:
+        return self.truncation
+
+    def forget_split(self, split: str) -> None:
+        self.truncation.pop(split, None)
+        self.counts.pop(split, None)
 
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 from finekit.data.augment import resolve_augment
 from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
+from finekit.data.readers import looks_like_images
 from finekit.data.splits import Splits, fold_holdout, holdout, sample_per_class
 from finekit.errors import DataError, RecipeError
 from finekit.evaluate.metrics import classification_metrics
 from finekit.recipe import Recipe, TaskConfig
-from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared, register_task
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")  # headline metrics it reports
@@ -53,11 +54,23 @@ class ClassifyConfig(TaskConfig):
     # Small scans upscaled to 224 px cost ~16x the compute of 56 px.
     image_size: int | None = Field(None, ge=8, le=1024)
 
+    has_classes: ClassVar[bool] = True
+
     @field_validator("label_names", mode="before")
     @classmethod
     def _keys_as_text(cls, v: Any) -> Any:
         # YAML reads `{0: normal}` with an int key; labels are compared as text.
         return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    def resolve(self, recipe: Recipe) -> None:
+        if self.modality == "auto":
+            self.modality = "image" if looks_like_images(recipe.data) else "text"
+
+    def input_kind(self) -> str | None:
+        return None if self.modality == "auto" else self.modality
+
+    def reads_text_pairs(self) -> bool:
+        return self.modality == "text"
 
 
 class ClassifyTask:
@@ -80,6 +93,12 @@ class ClassifyTask:
         self.text_mix: FeatureMixup | None = None
         self.head_modules: list[nn.Module] | None = None  # set by `attach`
         self.seed = 42
+
+    def encoding_record(self) -> dict[str, Any]:
+        return self.truncation
+
+    def forget_split(self, split: str) -> None:
+        self.truncation.pop(split, None)
 
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
 from finekit.data.images import decode_images
 from finekit.data.splits import Splits
 from finekit.errors import DataError
 from finekit.evaluate.metrics import probability_metrics
 from finekit.recipe import Recipe
-from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, Prepared
 from finekit.tasks.classify import ClassifyConfig, ClassifyTask, _as_label
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,33 @@ class ImageClassifyTask(ClassifyTask):
             self._check_seen(df, source, "the training data")
         df, _ = decode_images(df, self.image_column, source, self.on_bad_image)
         return df
+
+    @property
+    def input_column(self) -> str:
+        """Where bare values given to `predict` (paths, arrays) go."""
+        return self.image_column
+
+    def read_file(self, path: str, hf_split: str | None) -> pd.DataFrame:
+        """An eval/predict file: an .npz (its test arrays, else its only split), an image
+        folder (its test/ sub-folder, else train/), or a table/manifest whose relative
+        paths are relative to the manifest."""
+        from finekit.data.images import (
+            npz_splits,
+            read_image_folder,
+            read_npz,
+            resolve_manifest_paths,
+        )
+        from finekit.data.readers import detect_format, read_table
+
+        fmt = detect_format(path)
+        if fmt == "npz":
+            splits = npz_splits(path)
+            split = "test" if "test" in splits else next(iter(splits))
+            return read_npz(path, split, self.label_column)
+        if fmt == "images":
+            split = "test" if (Path(path) / "test").is_dir() else "train"
+            return read_image_folder(path, split, self.label_column)
+        return resolve_manifest_paths(read_table(path, hf_split=hf_split), self.image_column, path)
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]

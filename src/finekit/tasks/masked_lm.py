@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, register_task
 from finekit.errors import DataError, ModelError
 from finekit.evaluate.retention import reference_sentences
 from finekit.recipe import Recipe, TaskConfig
-from finekit.tasks.base import Batch, EncodedDataset, HeadSpec, register_task
 from finekit.tasks.causal_lm import (
     IGNORE,
     CausalLMTask,
@@ -48,6 +48,9 @@ class MaskedLMConfig(TaskConfig):
     """Options of `masked_lm`."""
 
     name: str = "masked_lm"
+    def length_fields(self) -> dict[str, int]:
+        return {"task.block_size": self.block_size}
+
     # Tokens per block including the special tokens; 128 keeps BERT-size encoders fast on
     # CPU, 512 is BERT's pre-training length.
     block_size: int = Field(128, ge=8, le=8192)

@@ -23,12 +23,12 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from finekit.core.contracts import Batch, EncodedDataset, Task
 from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.evaluate.runner import run_outputs
 from finekit.models.base import LayerGroups
 from finekit.recipe import EvaluationSpec, TrainingSpec
-from finekit.tasks.base import Batch, EncodedDataset, Task
 from finekit.train.callbacks import Control, fire
 from finekit.train.checkpoint import (
     Progress,

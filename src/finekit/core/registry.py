@@ -1,7 +1,8 @@
 """Name -> implementation registries (tasks, methods, model families), peft-style.
 
-A new task or method is one module that calls `register(...)` once at import time; the recipe
-finds it by name. Nothing else in finekit changes.
+A new task or method is one module that calls `register(...)` once at import time and one
+line in `finekit.plugins.BUILTIN` (or an entry point); the recipe finds it by name. Lookups
+load the plug-ins first, so no caller has to import a task or method module itself.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Registry(Generic[T]):
         return item
 
     def get(self, name: str) -> T:
+        _load_plugins()
         try:
             return self._items[name]
         except KeyError:
@@ -36,10 +38,19 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        _load_plugins()
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
+        _load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        _load_plugins()
+        return iter(list(self._items))
+
+
+def _load_plugins() -> None:
+    from finekit.plugins import load_plugins  # imports plug-ins by name (importlib) only
+
+    load_plugins()
