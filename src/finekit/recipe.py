@@ -80,6 +80,8 @@ class TaskConfig(Section):
     has_classes: ClassVar[bool] = False
     # Whether evaluation generates replies (evaluation.rules checks them).
     generates: ClassVar[bool] = False
+    # evaluation.metric when the recipe names none (the task's headline metric).
+    default_metric: ClassVar[str] = "accuracy"
 
     def input_kind(self) -> str | None:
         """The kind of input (`text`, `image`...) augmentation is chosen for; None = the
@@ -419,7 +421,7 @@ class EvaluationSpec(Section):
     def resolved_mode(self) -> str:
         if self.mode != "auto":
             return self.mode
-        lower = ("loss", "perplexity", "error", "ece")
+        lower = ("loss", "perplexity", "error", "ece", "mae", "mse")  # mse: rmse too
         return "min" if any(k in self.metric for k in lower) else "max"
 
 
@@ -489,6 +491,8 @@ class Recipe(Section):
         """Generic checks against what the task declares, then the task's own."""
         task = self.task
         task.resolve(self)
+        if "metric" not in self.evaluation.model_fields_set:
+            self.evaluation.metric = task.default_metric
         if self.data.k_per_class is not None and not task.has_classes:
             raise ValueError(f"data.k_per_class needs a task with classes, not {task.name!r}")
         if self.evaluation.rules is not None and not task.generates:

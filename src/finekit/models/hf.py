@@ -57,6 +57,7 @@ class HFFamily:
             "num_labels": head.num_labels,
             "id2label": {int(k): v for k, v in id2label.items()},
             "label2id": {v: int(k) for k, v in id2label.items()},
+            **({"problem_type": head.problem_type} if head.problem_type else {}),
         }
 
     def load(
