@@ -37,9 +37,10 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m integration
 
-lint: $(STAMP)
+lint: $(STAMP)   ## ruff, mypy and the import layers (pyproject's importlinter contracts)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 banking77: $(STAMP)   ## the recorded Banking77 results (README), full data and 10 per class
 	HF_HUB_OFFLINE=1 $(BIN)/finekit train recipes/banking77.yaml --output runs/banking77-full

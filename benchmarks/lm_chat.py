@@ -82,7 +82,7 @@ def general_perplexity(run_dir: Path, run: dict[str, Any]) -> dict[str, float]:
     from finekit.models import family_for
     from finekit.recipe import ModelSpec
     from finekit.serve.predict import load_run
-    from finekit.tasks.causal_lm import CausalLMConfig, CausalLMTask, GeneralPerplexity
+    from finekit.tasks.lm.causal import CausalLMConfig, CausalLMTask, GeneralPerplexity
 
     spec = ModelSpec(path=run["model"]["path"])
     base = family_for(spec).load(spec, HeadSpec("causal-lm"))

@@ -180,7 +180,7 @@ def test_only_training_examples_are_augmented(tiny_recipe: Recipe, tiny_model_di
     from finekit.data.splits import read_splits
     from finekit.run.stages import subset as _subset
     from finekit.tasks import build_task
-    from finekit.tasks.classify import AugmentedTexts
+    from finekit.tasks.classify.text import AugmentedTexts
 
     r = _augmented(tiny_recipe)
     task = build_task(r.task)
@@ -216,7 +216,7 @@ def test_only_training_examples_are_augmented(tiny_recipe: Recipe, tiny_model_di
 def test_a_training_run_augments_every_training_fetch_and_never_evaluation(
     tiny_recipe: Recipe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import finekit.tasks.classify as classify
+    import finekit.tasks.classify.text as classify
 
     calls: list[tuple[str, str]] = []
     real = classify.eda

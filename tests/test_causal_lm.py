@@ -20,7 +20,7 @@ from finekit.errors import DataError
 from finekit.evaluate.retention import reference_sentences
 from finekit.recipe import Recipe
 from finekit.tasks import build_task
-from finekit.tasks.causal_lm import BlockCollator, CausalLMConfig, CausalLMTask, tail_holdout
+from finekit.tasks.lm.causal import BlockCollator, CausalLMConfig, CausalLMTask, tail_holdout
 
 # The "domain": short sentences built from fixed templates, so the next word is very
 # predictable after training and unpredictable for the random model.
@@ -294,7 +294,7 @@ def test_compare_counts_token_blocks_for_a_language_model(
 ) -> None:
     """Tasks without classes: sizes are training token blocks, perplexity is lower-is-better
     in the gains, and the ladder, curve and report are written."""
-    from finekit.evaluate.compare import compare
+    from finekit.experiments.compare import compare
 
     r = Recipe.from_dict(
         _recipe(tiny_llama, corpus_dir, tmp_path / "unused", training={"max_steps": 6})

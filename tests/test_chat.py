@@ -21,8 +21,8 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import check_rules, exact_match, rouge_l, token_f1
 from finekit.recipe import Recipe, RuleSpec
-from finekit.tasks.causal_lm import IGNORE
-from finekit.tasks.chat import CHATML, ChatConfig, ChatTask
+from finekit.tasks.chat.task import CHATML, ChatConfig, ChatTask
+from finekit.tasks.lm.causal import IGNORE
 
 QUESTIONS = [
     "what time do you open ?",
@@ -105,7 +105,7 @@ def test_mask_covers_exactly_replies_end_of_turn_and_eos(tiny_chat: Path) -> Non
             role = t
         if lab != IGNORE and t != "<eos>":
             assert role == "assistant", (k, t)
-    from finekit.tasks.chat import show_mask
+    from finekit.tasks.chat.task import show_mask
 
     shown = show_mask(tok, ids, labels)
     assert "[[we are happy <|im_end|>]]" in shown and "[[thanks friend <|im_end|> <eos>]]" in shown
@@ -208,8 +208,8 @@ def test_packed_conversations_do_not_see_each_other(tiny_chat: Path, attention: 
     (with the default cache it would not: the second sequence would see the first)."""
     from transformers import AutoModelForCausalLM
 
-    from finekit.tasks.causal_lm import token_nll
-    from finekit.tasks.chat import check_packing
+    from finekit.tasks.chat.task import check_packing
+    from finekit.tasks.lm.causal import token_nll
 
     model = AutoModelForCausalLM.from_pretrained(tiny_chat, attn_implementation=attention).eval()
     check_packing(model)  # the pre-flight passes on this model
@@ -236,7 +236,7 @@ def test_packed_conversations_do_not_see_each_other(tiny_chat: Path, attention: 
 
 
 def test_packing_pre_flight_refuses_a_model_that_leaks() -> None:
-    from finekit.tasks.chat import check_packing
+    from finekit.tasks.chat.task import check_packing
 
     class Leaky(torch.nn.Module):  # ignores position_ids: a running sum over the row
         config = type("C", (), {"vocab_size": 10})()

@@ -72,7 +72,7 @@ def test_a_saved_dataset_dict_fills_every_split(tmp_path: Path) -> None:
     # A replay corpus and a guard set are read like data.train, train split only: the
     # recipe's renamed validation split is not looked for in them.
     from finekit.evaluate.guards import read_eval_sets
-    from finekit.methods.replay import read_replay
+    from finekit.train.replay import read_replay
 
     extra = str(tmp_path / "extra")
     datasets.DatasetDict(

@@ -14,8 +14,6 @@ from conftest import CrashAtStep, build_tiny_llama, make_rows
 
 from finekit import Recipe, finetune
 from finekit.errors import DataError, RecipeError
-from finekit.methods.regularisers import diagonal_fisher
-from finekit.methods.replay import ReplayMix
 from finekit.models import family_for
 from finekit.recipe import ModelSpec
 from finekit.run.stages import ewc
@@ -23,6 +21,8 @@ from finekit.run.stages import setup as _setup
 from finekit.tasks import EncodedDataset, HeadSpec
 from finekit.train.callbacks import CallbackError
 from finekit.train.loop import EpochSampler
+from finekit.train.regularisers import diagonal_fisher
+from finekit.train.replay import ReplayMix
 
 
 def _rows(path: Path) -> list[dict]:

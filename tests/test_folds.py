@@ -15,10 +15,10 @@ import pytest
 from finekit import Recipe, finetune_folds
 from finekit.data.splits import Splits, fold_holdout, read_splits
 from finekit.errors import DataError, RecipeError, RunDirError
-from finekit.evaluate.seeds import FOLDS_JSON
+from finekit.experiments.seeds import FOLDS_JSON
 from finekit.recipe import FoldSpec
 from finekit.tasks import build_task
-from finekit.tasks.causal_lm import fold_text
+from finekit.tasks.lm.causal import fold_text
 
 
 def _fold_splits(r: Recipe, k: int) -> list[Splits]:
@@ -156,7 +156,7 @@ def test_chat_folds_hold_out_whole_conversations(tmp_path: Path) -> None:
     from test_chat import _taskmaster
 
     from finekit.data.readers import read_table
-    from finekit.tasks.chat import ChatTask
+    from finekit.tasks.chat.task import ChatTask
 
     path = tmp_path / "dialogs.json"
     _taskmaster(path)  # 10 conversations

@@ -87,7 +87,7 @@ def test_npz_trains_and_export_predicts_identically(tiny_resnet, toy_npz, tmp_pa
     losses = [r["loss"] for r in rows if "loss" in r and r["split"] == "train"]
     assert len(losses) >= 10 and np.mean(losses[-5:]) < np.mean(losses[:5])
     # Cost: the forward pass counted on real images, priced for compare (no tokens here).
-    from finekit.evaluate.compare import run_flops
+    from finekit.experiments.compare import run_flops
 
     train = res.summary["train"]
     assert train["tokens_seen"] == 0 and train["forward_flops_per_example"] > 1e5

@@ -20,7 +20,7 @@ from finekit.errors import ModelError
 from finekit.evaluate.retention import reference_sentences
 from finekit.recipe import Recipe
 from finekit.tasks import build_task
-from finekit.tasks.masked_lm import MaskedLMTask, pseudo_perplexity, special_frame
+from finekit.tasks.lm.masked import MaskedLMTask, pseudo_perplexity, special_frame
 from finekit.train.callbacks import CallbackError
 
 # The "domain": sentences from fixed templates, so a masked word is predictable from its

@@ -15,7 +15,7 @@ from conftest import CLASS_WORDS, FILLER, build_tiny_bert_mlm
 from finekit import Recipe, finetune
 from finekit.errors import RecipeError
 from finekit.evaluate.retention import MaskedLMHead, reference_sentences
-from finekit.tasks.masked_lm import pseudo_perplexity
+from finekit.tasks.lm.masked import pseudo_perplexity
 
 PPL = "general_pseudo_perplexity"
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from finekit import Recipe, finetune, load_run
 from finekit.data.augment.features import FeatureMixup, MixDraw
 from finekit.errors import ModelError, RecipeError
-from finekit.tasks.causal_lm import token_nll
+from finekit.tasks.lm.causal import token_nll
 from finekit.train.callbacks import CallbackError
 
 N_VIRTUAL = 8
@@ -188,7 +188,7 @@ def test_prompt_tuning_refuses_image_and_masked_lm_heads_before_writing(
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared tiny Llama with a ChatML word-level tokenizer."""
-    from finekit.tasks.chat import CHATML
+    from finekit.tasks.chat.task import CHATML
 
     special = ["<unk>", "<eos>", "<|im_start|>", "<|im_end|>"]
     words = sorted({w for s in SENTENCES for w in s.split()} | {"system", "user", "assistant"})
@@ -364,7 +364,7 @@ def test_text_mixup_mixes_training_batches_only(
         losses.append((float(out.detach()), kw.get("label_smoothing", 0.0)))
         return out
 
-    monkeypatch.setattr("finekit.tasks.classify.F.cross_entropy", ce)
+    monkeypatch.setattr("finekit.tasks.classify.text.F.cross_entropy", ce)
     r = _mixup(tiny_recipe).with_overrides({"training.epochs": 1})
     result = finetune(r)
     steps = result.train["steps"]

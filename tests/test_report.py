@@ -14,7 +14,7 @@ import pytest
 
 from finekit import Recipe, finetune
 from finekit.errors import DataError, RecipeError, RunDirError
-from finekit.evaluate.compare import compare, train_flops
+from finekit.experiments.compare import compare, train_flops
 from finekit.report import write_report
 from finekit.report.classify import leakage
 
@@ -100,7 +100,7 @@ def test_report_command_rebuilds_and_refuses_other_folders(
 
 
 def test_small_sizes_get_enough_steps(tiny_recipe: Recipe) -> None:
-    from finekit.evaluate.compare import cell_epochs
+    from finekit.experiments.compare import cell_epochs
 
     r = tiny_recipe.with_overrides({"training.epochs": 2, "training.batch_size": 8})
     assert cell_epochs(r, n_train=40, min_steps=50) == 10  # 50 steps * 8 / 40 examples
@@ -215,7 +215,7 @@ def test_scratch_tunes_its_head_rate_on_validation(tiny_recipe: Recipe, tmp_path
 
 
 def test_pick_on_validation_follows_the_metric_direction(tiny_recipe: Recipe) -> None:
-    from finekit.evaluate.compare import pick_on_validation
+    from finekit.experiments.compare import pick_on_validation
 
     def t(label: str, v: float | None) -> tuple[str, Path, dict]:
         return label, Path(label), {"metrics": {"validation": {"accuracy": v, "loss": v}}}
@@ -228,14 +228,14 @@ def test_pick_on_validation_follows_the_metric_direction(tiny_recipe: Recipe) ->
 
 
 def test_sizes_and_rungs_are_deduplicated(tiny_recipe: Recipe) -> None:
-    from finekit.evaluate.compare import parse_rungs, parse_sizes
+    from finekit.experiments.compare import parse_rungs, parse_sizes
 
     assert parse_sizes("8, 8,full,32,full") == [8, "full", 32]
     assert parse_rungs("scratch,lora,scratch,full", tiny_recipe) == ["recipe", "scratch", "lora"]
 
 
 def test_missing_values_are_counted_not_averaged() -> None:
-    from finekit.evaluate.compare import gains, spread
+    from finekit.experiments.compare import gains, spread
     from finekit.report.compare import _fmt, _x
 
     s = spread([0.8, None, 0.6])
@@ -349,7 +349,7 @@ def test_curve_ticks_name_the_sizes_and_never_overlap() -> None:
 
 
 def test_rungs_are_declared_and_not_duplicated(tiny_recipe: Recipe, tmp_path: Path) -> None:
-    from finekit.evaluate.compare import parse_rungs, rung_recipe
+    from finekit.experiments.compare import parse_rungs, rung_recipe
 
     assert parse_rungs("scratch,full,lora", tiny_recipe) == ["recipe", "scratch", "lora"]
     scratch = rung_recipe(tiny_recipe, "scratch", 4, 1, tmp_path / "a", classes=True)

@@ -11,7 +11,7 @@ import pytest
 
 from finekit import Recipe, finetune_seeds
 from finekit.errors import RecipeError, RunDirError
-from finekit.evaluate.seeds import SEEDS_JSON, aggregate_metrics
+from finekit.experiments.seeds import SEEDS_JSON, aggregate_metrics
 
 
 def test_seeds_write_runs_and_aggregate_the_real_values(tiny_recipe: Recipe, tmp_path: Path):

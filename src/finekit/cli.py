@@ -159,7 +159,7 @@ def train(
     if seeds is not None and folds is not None:
         raise RecipeError("--seeds and --folds each repeat the run; give one of them")
     if seeds is not None or folds is not None:
-        from finekit.evaluate.seeds import finetune_folds, finetune_seeds
+        from finekit.experiments.seeds import finetune_folds, finetune_seeds
 
         flag = "--seeds" if seeds is not None else "--folds"
         if resume is not None:
@@ -340,7 +340,7 @@ def compare(
     and seed, with learning curves and a report. Rerunning skips finished runs."""
     import time
 
-    from finekit.evaluate.compare import compare as run_compare
+    from finekit.experiments.compare import compare as run_compare
     from finekit.recipe import Recipe
 
     _setup_logging(verbose)

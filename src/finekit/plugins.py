@@ -28,8 +28,7 @@ BUILTIN: tuple[str, ...] = (
     "finekit.methods.ia3",
     "finekit.methods.prompt_tuning",
     "finekit.tasks.classify",
-    "finekit.tasks.causal_lm",
-    "finekit.tasks.masked_lm",
+    "finekit.tasks.lm",
     "finekit.tasks.chat",
 )
 

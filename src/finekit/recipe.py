@@ -192,7 +192,7 @@ class ReplaySpec(Section):
     )
 
 
-HF_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+from finekit.data.readers import HF_SPLITS  # noqa: E402  (split names of a DatasetDict)
 
 
 class DataSpec(Section):

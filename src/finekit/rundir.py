@@ -152,6 +152,6 @@ def _jsonable(o: Any) -> Any:
 
 
 def _version() -> str:
-    from finekit import __version__
+    from finekit.version import __version__
 
     return __version__

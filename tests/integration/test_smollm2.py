@@ -17,7 +17,7 @@ from finekit.core.contracts import HeadSpec
 from finekit.models import family_for
 from finekit.models.base import LoadedModel
 from finekit.recipe import ModelSpec
-from finekit.tasks.causal_lm import CausalLMConfig, CausalLMTask
+from finekit.tasks.lm.causal import CausalLMConfig, CausalLMTask
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,8 @@ import pandas as pd
 
 from finekit.errors import DataError
 
+# Split names inside an HF DatasetDict, by finekit split (data.hf_splits renames them).
+HF_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 log = logging.getLogger(__name__)
 
 SUFFIX_FORMATS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
@@ -20,9 +21,11 @@ from finekit.data.images import (
     read_npz,
     resolve_manifest_paths,
 )
-from finekit.data.readers import dataset_dict_splits, detect_format, read_table
+from finekit.data.readers import HF_SPLITS, dataset_dict_splits, detect_format, read_table
 from finekit.errors import DataError
-from finekit.recipe import HF_SPLITS, DataSpec, FoldSpec
+
+if TYPE_CHECKING:  # the recipe schema sits above the data room
+    from finekit.recipe import DataSpec, FoldSpec
 
 log = logging.getLogger(__name__)
 

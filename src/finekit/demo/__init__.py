@@ -104,7 +104,7 @@ def _scratch_on_validation(
     base: Recipe, out: Path, tries: list[tuple[str, float]], echo: Callable[[str], Any]
 ) -> FinetuneResult:
     """Train scratch once per head rate; keep the run that validates best."""
-    from finekit.evaluate.compare import pick_on_validation, validation_score
+    from finekit.experiments.compare import pick_on_validation, validation_score
     from finekit.run import finetune
 
     runs: dict[str, FinetuneResult] = {}

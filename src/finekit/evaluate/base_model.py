@@ -41,9 +41,7 @@ def base_view(model: nn.Module) -> Iterator[nn.Module]:
 
 def has_probe(task: Task) -> bool:
     """Tasks whose base is a linear probe: classifiers (outputs `probs` over `labels`)."""
-    return capabilities(task).classes is not None and task.head().kind.endswith(
-        "classification"
-    )
+    return capabilities(task).classes is not None and task.head().kind.endswith("classification")
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:

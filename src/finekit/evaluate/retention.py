@@ -16,6 +16,7 @@ tuned encoder and the reference's pseudo-perplexity (Salazar et al. 2020) is mea
 from __future__ import annotations
 
 import logging
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,6 @@ class MaskedLMHead:
         max_length: int,
         batch_size: int = 64,
     ) -> float:
-        from finekit.tasks.masked_lm import pseudo_perplexity
-
         return pseudo_perplexity(self.on(encoder), tokenizer, texts, batch_size, max_length)
 
 
@@ -214,3 +213,60 @@ class EmbeddingRetention:
             f"{key}_after": a,
             f"{key}_increase": a / b - 1.0 if b > 0 else float("nan"),
         }
+
+
+def special_frame(processor: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts around one text ([CLS] / [SEP] for BERT,
+    <s> / </s> for RoBERTa), read off its own post-processor."""
+    bare = processor("x", add_special_tokens=False)["input_ids"]
+    full = processor("x", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare) :])
+    return [], []
+
+
+@torch.no_grad()
+def pseudo_perplexity(
+    model: nn.Module, processor: Any, texts: list[str], batch_size: int, max_length: int
+) -> float:
+    """exp(-mean log p(token | the rest)), each non-special token masked in turn (Salazar
+    et al. 2020, "Masked Language Model Scoring"). One forward pass per token, batched."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    mask_id = processor.mask_token_id
+    prefix, suffix = special_frame(processor)
+    enc = processor(texts, add_special_tokens=True, truncation=True, max_length=max_length)
+    queries: list[tuple[list[int], int, int]] = []  # (ids, position, true token)
+    for ids in enc["input_ids"]:
+        for pos in range(len(prefix), len(ids) - len(suffix)):
+            queries.append((ids, pos, ids[pos]))
+    total, count = 0.0, 0
+    pad = processor.pad_token_id  # masked-LM tokenizers have one; else EOS (as LMs pad)
+    pad = int(pad if pad is not None else getattr(processor, "eos_token_id", 0) or 0)
+    try:
+        for i in range(0, len(queries), batch_size):
+            chunk = queries[i : i + batch_size]
+            width = max(len(q[0]) for q in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            att = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, (seq, pos, _) in enumerate(chunk):
+                ids[j, : len(seq)] = torch.as_tensor(seq)
+                ids[j, pos] = mask_id
+                att[j, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
+            rows = torch.arange(len(chunk))
+            pos_t = torch.as_tensor([q[1] for q in chunk])
+            true_t = torch.as_tensor([q[2] for q in chunk])
+            logp = logits.float().log_softmax(-1)[rows.to(device), pos_t.to(device)]
+            total -= float(logp[rows.to(device), true_t.to(device)].sum())
+            count += len(chunk)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise DataError("pseudo-perplexity: the texts hold no token to score")
+    try:
+        return math.exp(total / count)
+    except OverflowError:
+        return float("inf")

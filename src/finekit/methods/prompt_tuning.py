@@ -43,6 +43,7 @@ class PromptTuningConfig(MethodConfig):
                 "need ~1e-2 to 3e-1; set training.lr"
             ]
         return []
+
     # Prompt length: Lester et al. found 20 tokens close to the best for large models; more
     # helps small models a little. Each virtual token lengthens every sequence by one.
     num_virtual_tokens: int = Field(20, ge=1, le=512)

@@ -4,7 +4,7 @@
 
 Each stage is a named function in `finekit.run.stages` taking and returning typed values;
 run.json's final shape is `finekit.run.records.RunRecord`. Experiments that repeat runs
-(the compare ladder, seeds, folds) sit above this in `finekit.evaluate.compare/seeds`.
+(the compare ladder, seeds, folds) sit above this in `finekit.experiments.compare/seeds`.
 """
 
 from __future__ import annotations

@@ -48,8 +48,6 @@ from finekit.evaluate.slices import (
 )
 from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method, freeze_batchnorm_stats
-from finekit.methods.regularisers import EWC, L2SP
-from finekit.methods.replay import ReplayMix, read_replay
 from finekit.models import family_for
 from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
 from finekit.recipe import RETENTION_METRICS, Recipe
@@ -59,6 +57,8 @@ from finekit.train.flops import forward_flops_per_example
 from finekit.train.loop import Loop, TrainSummary, detect_device_type, make_accelerator
 from finekit.train.monitors import EarlyStopping, OverfitMonitor
 from finekit.train.precision import resolve_precision
+from finekit.train.regularisers import EWC, L2SP
+from finekit.train.replay import ReplayMix, read_replay
 
 log = logging.getLogger("finekit")
 

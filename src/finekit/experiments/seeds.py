@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from finekit.errors import RecipeError, RunDirError
-from finekit.evaluate.compare import run_or_skip, spread
+from finekit.experiments.compare import run_or_skip, spread
 from finekit.recipe import Recipe
 from finekit.rundir import recipe_diff, write_json
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, register_task
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
 from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.retention import reference_sentences
@@ -38,6 +38,7 @@ class CausalLMConfig(TaskConfig):
     """Options of `causal_lm`."""
 
     name: str = "causal_lm"
+
     def length_fields(self) -> dict[str, int]:
         return {"task.block_size": self.block_size}
 
@@ -583,9 +584,6 @@ def _change(before: Any, after: Any) -> str:
     if not isinstance(before, (int, float)) or not isinstance(after, (int, float)) or not before:
         return ""
     return f"{100 * (after / before - 1):+.1f}%"
-
-
-register_task("causal_lm", CausalLMConfig, CausalLMTask)
 
 
 # ---------------------------------------------------------------------- shared LM steps

@@ -19,7 +19,6 @@ after. The exported model is an `AutoModelForMaskedLM` folder, and a valid base 
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +29,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, register_task
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec
 from finekit.errors import DataError, ModelError
-from finekit.evaluate.retention import reference_sentences
+from finekit.evaluate.retention import pseudo_perplexity, reference_sentences, special_frame
 from finekit.recipe import Recipe, TaskConfig
-from finekit.tasks.causal_lm import (
+from finekit.tasks.lm.causal import (
     IGNORE,
     CausalLMTask,
     cap_blocks,
@@ -48,6 +47,7 @@ class MaskedLMConfig(TaskConfig):
     """Options of `masked_lm`."""
 
     name: str = "masked_lm"
+
     def length_fields(self) -> dict[str, int]:
         return {"task.block_size": self.block_size}
 
@@ -306,17 +306,6 @@ class SpecialMaskCollator:
         return {"input_ids": ids, "attention_mask": mask, "special_tokens_mask": special}
 
 
-def special_frame(processor: Any) -> tuple[list[int], list[int]]:
-    """The special tokens the tokenizer puts around one text ([CLS] / [SEP] for BERT,
-    <s> / </s> for RoBERTa), read off its own post-processor."""
-    bare = processor("x", add_special_tokens=False)["input_ids"]
-    full = processor("x", add_special_tokens=True)["input_ids"]
-    for i in range(len(full) - len(bare) + 1):
-        if full[i : i + len(bare)] == bare:
-            return list(full[:i]), list(full[i + len(bare) :])
-    return [], []
-
-
 def masked_nll(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,51 +319,6 @@ def masked_nll(
         reduction="none",
     ).view(labels.shape)
     return nll.sum(1), (labels != IGNORE).sum(1)
-
-
-@torch.no_grad()
-def pseudo_perplexity(
-    model: nn.Module, processor: Any, texts: list[str], batch_size: int, max_length: int
-) -> float:
-    """exp(-mean log p(token | the rest)), each non-special token masked in turn (Salazar
-    et al. 2020, "Masked Language Model Scoring"). One forward pass per token, batched."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    mask_id = processor.mask_token_id
-    prefix, suffix = special_frame(processor)
-    enc = processor(texts, add_special_tokens=True, truncation=True, max_length=max_length)
-    queries: list[tuple[list[int], int, int]] = []  # (ids, position, true token)
-    for ids in enc["input_ids"]:
-        for pos in range(len(prefix), len(ids) - len(suffix)):
-            queries.append((ids, pos, ids[pos]))
-    total, count = 0.0, 0
-    pad = pad_token_id(processor)
-    try:
-        for i in range(0, len(queries), batch_size):
-            chunk = queries[i : i + batch_size]
-            width = max(len(q[0]) for q in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, (seq, pos, _) in enumerate(chunk):
-                ids[j, : len(seq)] = torch.as_tensor(seq)
-                ids[j, pos] = mask_id
-                att[j, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
-            rows = torch.arange(len(chunk))
-            pos_t = torch.as_tensor([q[1] for q in chunk])
-            true_t = torch.as_tensor([q[2] for q in chunk])
-            logp = logits.float().log_softmax(-1)[rows.to(device), pos_t.to(device)]
-            total -= float(logp[rows.to(device), true_t.to(device)].sum())
-            count += len(chunk)
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise DataError("pseudo-perplexity: the texts hold no token to score")
-    try:
-        return math.exp(total / count)
-    except OverflowError:
-        return float("inf")
 
 
 class PseudoPerplexity:
@@ -417,6 +361,3 @@ class PseudoPerplexity:
             f"{self.key}_after": a,
             f"{self.key}_increase": a / b - 1.0 if b > 0 else float("nan"),
         }
-
-
-register_task("masked_lm", MaskedLMConfig, MaskedLMTask)

@@ -27,13 +27,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, register_task
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
 from finekit.data.dialogue import apply_house_style, dialogue_to_messages
 from finekit.data.splits import Splits, fold_holdout
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import generation_scores
 from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
-from finekit.tasks.causal_lm import (
+from finekit.tasks.lm.causal import (
     IGNORE,
     CausalLMConfig,
     CausalLMTask,
@@ -773,6 +773,3 @@ def show_mask(processor: Any, ids: list[int], labels: list[int]) -> str:
         if t is not None:
             run.append(t)
     return " ".join(parts)
-
-
-register_task("chat", ChatConfig, ChatTask)

@@ -11,66 +11,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, register_task
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
 from finekit.data.augment import resolve_augment
 from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
-from finekit.data.readers import looks_like_images
 from finekit.data.splits import Splits, fold_holdout, holdout, sample_per_class
 from finekit.errors import DataError, RecipeError
 from finekit.evaluate.metrics import classification_metrics
-from finekit.recipe import Recipe, TaskConfig
+from finekit.recipe import Recipe
+from finekit.tasks.classify.config import ClassifyConfig
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")  # headline metrics it reports
-
-
-class ClassifyConfig(TaskConfig):
-    """Options of `classify`."""
-
-    name: str = "classify"
-    # Soft targets (Szegedy et al. 2016): 0.1 often helps small, noisy label sets.
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    # text | image; auto: image for image folders, .npz files or a data.image_column.
-    modality: Literal["auto", "text", "image"] = "auto"
-    # Class-weighted loss: "balanced" weighs each class by n / (k * count) (sklearn's rule).
-    class_weights: Literal["none", "balanced"] = "none"
-    # Names for integer labels, e.g. {0: normal, 1: pneumonia} (arrays store numbers).
-    label_names: dict[str, str] = Field(default_factory=dict)
-    # Binary tasks: the class whose sensitivity is reported (default: the second label),
-    # and the probability threshold for sensitivity/specificity.
-    positive_label: str | None = None
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    # Images: the square input side in pixels (None: the backbone processor's size).
-    # Small scans upscaled to 224 px cost ~16x the compute of 56 px.
-    image_size: int | None = Field(None, ge=8, le=1024)
-
-    has_classes: ClassVar[bool] = True
-
-    @field_validator("label_names", mode="before")
-    @classmethod
-    def _keys_as_text(cls, v: Any) -> Any:
-        # YAML reads `{0: normal}` with an int key; labels are compared as text.
-        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
-
-    def resolve(self, recipe: Recipe) -> None:
-        if self.modality == "auto":
-            self.modality = "image" if looks_like_images(recipe.data) else "text"
-
-    def input_kind(self) -> str | None:
-        return None if self.modality == "auto" else self.modality
-
-    def reads_text_pairs(self) -> bool:
-        return self.modality == "text"
 
 
 class ClassifyTask:
@@ -479,15 +439,3 @@ def _label_names(values: pd.Series) -> list[str]:
     if all(n.lstrip("-").isdigit() for n in names):
         names = sorted(names, key=int)  # 0, 1, 2, ..., 10 (not 0, 1, 10, 2)
     return names
-
-
-def make_classify(config: ClassifyConfig) -> ClassifyTask:
-    """Text or image classification by `config.modality` (resolved by the recipe)."""
-    if config.modality == "image":
-        from finekit.tasks.image_classify import ImageClassifyTask
-
-        return ImageClassifyTask(config)
-    return ClassifyTask(config)
-
-
-register_task("classify", ClassifyConfig, make_classify)

@@ -27,7 +27,8 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError
 from finekit.evaluate.metrics import probability_metrics
 from finekit.recipe import Recipe
-from finekit.tasks.classify import ClassifyConfig, ClassifyTask, _as_label
+from finekit.tasks.classify.config import ClassifyConfig
+from finekit.tasks.classify.text import ClassifyTask, _as_label
 
 log = logging.getLogger(__name__)
 IMAGE_METRICS = (
