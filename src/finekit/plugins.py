@@ -30,6 +30,7 @@ BUILTIN: tuple[str, ...] = (
     "finekit.tasks.classify",
     "finekit.tasks.lm",
     "finekit.tasks.chat",
+    "finekit.tasks.regress",
 )
 
 _loaded = False
