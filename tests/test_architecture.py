@@ -151,3 +151,13 @@ def test_capabilities_are_found_by_protocol_not_by_name() -> None:
     assert caps["lm"].baseline is lm and caps["lm"].retention is lm
     assert caps["lm"].classes is None and caps["lm"].generate is None
     assert set(CAPABILITIES) == set(vars(caps["lm"]))  # one field per declared capability
+
+
+def test_the_architecture_diagram_is_the_code_s() -> None:
+    """docs/ARCHITECTURE.md's import diagram is what docs/tools/layers.py generates now
+    (refresh it with `python docs/tools/layers.py --write`)."""
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "docs" / "tools" / "layers.py"))
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    assert tool["mermaid"]() in doc

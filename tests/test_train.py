@@ -346,3 +346,37 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_recipe: Recipe, tmp_
     assert [r["loss"] for r in rows["acc"]] == pytest.approx(
         [r["loss"] for r in rows["big"]], rel=1e-4
     )
+
+
+def test_sharded_engine_state_goes_through_accelerate_and_resumes_exactly(
+    tiny_recipe: Recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FSDP/DeepSpeed shard the optimizer, so each rank saves and loads its part through
+    accelerate's save_state/load_state. The engines need GPUs; here the same path runs on
+    one CPU process (accelerate's save_state/load_state work there too) by declaring the
+    launch sharded: the checkpoint holds engine/ instead of optimizer.pt, resumes exactly,
+    and a checkpoint of the other kind is refused by name."""
+    import finekit.train.loop as loop
+
+    r = tiny_recipe.with_overrides({"training.epochs": 2, "training.checkpoint_every": 5})
+    full = finetune(r.with_overrides({"output.dir": str(tmp_path / "full")}))  # not sharded
+    monkeypatch.setattr(loop, "sharded_engine", lambda acc: True)
+    broken = r.with_overrides({"output.dir": str(tmp_path / "broken")})
+    with pytest.raises(CallbackError):
+        finetune(broken, callbacks=[CrashAtStep(12)])
+    ckpt = tmp_path / "broken" / "checkpoints" / "step-00000010"
+    assert (ckpt / "engine" / "optimizer.bin").is_file() and not (ckpt / "optimizer.pt").exists()
+    assert not list(ckpt.parent.glob(".tmp-*"))  # the engine folder was moved in, not left
+    resumed = finetune(broken, resume=True)
+    assert resumed.train["resumed_from"].endswith("step-00000010")
+    assert resumed.metrics["test"] == full.metrics["test"]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(full.model_dir / "model.safetensors"))
+    wb = load_file(str(resumed.model_dir / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    # The same checkpoint under a launch that is not sharded: refused, naming both.
+    monkeypatch.setattr(loop, "sharded_engine", lambda acc: False)
+    with pytest.raises(RunDirError, match="written with a sharded optimizer .* is not sharded"):
+        finetune(r.with_overrides({"output.dir": str(tmp_path / "broken")}), resume=True)

@@ -36,6 +36,7 @@ RNG_TENSORS = "rng.safetensors"
 RNG_STATE = "rng.json"
 PROGRESS = "progress.json"
 SCALER = "scaler.pt"
+ENGINE = "engine"  # accelerate's save_state folder (sharded optimizers: FSDP, DeepSpeed)
 PREFIX = "step-"
 
 
@@ -77,9 +78,12 @@ def save_checkpoint(
     keep: int,
     scaler: Any = None,
     rng_states: list[dict[str, Any]] | None = None,
+    engine_dir: Path | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically; keep only the newest `keep`. `rng_states`:
-    every process's `rng_state()` by rank (default: this process's alone)."""
+    every process's `rng_state()` by rank (default: this process's alone). `engine_dir`:
+    a folder accelerate's `save_state` wrote on every rank (sharded optimizer, scheduler),
+    moved in as `engine/` in place of this process's optimizer file."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{progress.step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -88,7 +92,12 @@ def save_checkpoint(
     tmp.mkdir()
     # safetensors refuses tensors that share memory (tied weights): clone them apart.
     save_file({k: v.clone() for k, v in model_state.items()}, str(tmp / WEIGHTS))
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    if engine_dir is not None:
+        os.replace(engine_dir, tmp / ENGINE)
+    else:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    # The scheduler is finekit's own (stepped at sync boundaries, not prepared by
+    # accelerate), so accelerate's save_state does not hold it.
     torch.save(scheduler.state_dict(), tmp / SCHEDULER)
     if scaler is not None:  # fp16 loss scale: part of exact resume
         torch.save(scaler.state_dict(), tmp / SCALER)
@@ -127,9 +136,10 @@ def _publish(tmp: Path, final: Path) -> None:
     """Make a fully written temp folder visible under its final name in one rename.
     An existing folder of that name (the same step re-saved after a resume, the previous
     best) is moved aside first and removed after."""
-    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if final.exists():
         old = final.parent / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -169,10 +179,13 @@ def load_checkpoint(
     scheduler: Any,
     scaler: Any = None,
     rank: int = 0,
+    engine: bool = False,
 ) -> Progress:
     """Restore weights, optimizer, scheduler and this process's (`rank`) random state from
-    `path`; return the progress."""
-    missing = [f for f in (WEIGHTS, OPTIMIZER, SCHEDULER, PROGRESS) if not (path / f).is_file()]
+    `path`; return the progress. With `engine`, the optimizer is in `engine/` for
+    accelerate's `load_state` (the caller's, on every rank)."""
+    need = (WEIGHTS, SCHEDULER, PROGRESS) if engine else (WEIGHTS, OPTIMIZER, SCHEDULER, PROGRESS)
+    missing = [f for f in need if not (path / f).is_file()]
     if missing:
         raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); {_instead(path)}")
     state = _read(path, WEIGHTS, lambda f: load_file(str(f)))
@@ -187,9 +200,10 @@ def load_checkpoint(
     # gradual unfreezing had not opened yet): unchanged, so the base model's are right. The
     # recipe itself is compared on --resume, so a changed method is refused before this.
     model.load_state_dict(state, strict=False)
-    optimizer.load_state_dict(
-        _read(path, OPTIMIZER, lambda f: torch.load(f, map_location="cpu", weights_only=True))
-    )
+    if not engine:
+        optimizer.load_state_dict(
+            _read(path, OPTIMIZER, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+        )
     scheduler.load_state_dict(_read(path, SCHEDULER, lambda f: torch.load(f, weights_only=True)))
     if scaler is not None and (path / SCALER).is_file():
         scaler.load_state_dict(_read(path, SCALER, lambda f: torch.load(f, weights_only=True)))
@@ -254,6 +268,11 @@ def _save_rng(folder: Path, states: list[dict[str, Any]]) -> None:
     (folder / RNG_STATE).write_text(
         json.dumps({"python": first["python"], "numpy": first["numpy"], "ranks": ranks})
     )
+
+
+def restore_rng(folder: Path, rank: int = 0) -> None:
+    """This process's random state as the checkpoint in `folder` recorded it."""
+    _load_rng(folder, rank)
 
 
 def _load_rng(folder: Path, rank: int = 0) -> None:

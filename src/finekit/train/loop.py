@@ -24,18 +24,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from finekit.core.contracts import Batch, EncodedDataset, Task
-from finekit.errors import RecipeError
+from finekit.errors import RecipeError, RunDirError
 from finekit.evaluate.metrics import headline
 from finekit.evaluate.runner import run_outputs
 from finekit.models.base import LayerGroups
 from finekit.recipe import EvaluationSpec, TrainingSpec
 from finekit.train.callbacks import Control, fire
 from finekit.train.checkpoint import (
+    ENGINE,
     Progress,
     checkpoint_state,
     latest_checkpoint,
     load_best_weights,
     load_checkpoint,
+    restore_rng,
     rng_state,
     save_best_weights,
     save_checkpoint,
@@ -340,6 +342,14 @@ class Loop:
         # get_state_dict runs on every rank: under FSDP/DeepSpeed it gathers the shards.
         full = self.acc.get_state_dict(self.model)
         state = checkpoint_state(self.acc.unwrap_model(self.model), full)
+        engine = None
+        if sharded_engine(self.acc):
+            # GPU path (FSDP / DeepSpeed; not exercised on CPU CI, where FSDP falls back to
+            # DDP): the optimizer state is sharded, so every rank writes its own part through
+            # accelerate's save_state, into a folder all ranks name alike.
+            engine = self.ckpt_dir / f".tmp-engine-{self.progress.step:08d}"
+            self.acc.save_state(str(engine))
+            self.acc.wait_for_everyone()
         rng = [rng_state()]
         if self.acc.num_processes > 1:  # every process's own stream, to rank 0 (by rank)
             from accelerate.utils import gather_object
@@ -357,6 +367,7 @@ class Loop:
                 keep=self.spec.keep_checkpoints,
                 scaler=self.acc.scaler,
                 rng_states=rng,
+                engine_dir=engine,
             )
             fire(self.callbacks, "on_checkpoint", self.state, self.control, path=path)
         self.acc.wait_for_everyone()
@@ -381,6 +392,15 @@ class Loop:
         path = checkpoint or latest_checkpoint(self.ckpt_dir)
         if path is None:
             return None
+        has_engine = (path / ENGINE).is_dir()
+        if has_engine != sharded_engine(self.acc):
+            raise RunDirError(
+                f"checkpoint {path} was written "
+                + ("with" if has_engine else "without")
+                + " a sharded optimizer (FSDP/DeepSpeed) and this launch is "
+                + ("not " if has_engine else "")
+                + "sharded; resume with the launch configuration the run started with"
+            )
         self.progress = load_checkpoint(
             path,
             self.acc.unwrap_model(self.model),
@@ -388,7 +408,11 @@ class Loop:
             self.scheduler,
             scaler=self.acc.scaler,
             rank=self.acc.process_index,
+            engine=has_engine,
         )
+        if has_engine:  # GPU path: each rank reads its optimizer/model shards, then our RNG
+            self.acc.load_state(str(path / ENGINE))
+            restore_rng(path, self.acc.process_index)
         self.state.progress = self.progress
         self.wall_before = self.progress.wall_seconds
         self.state.history = list(self.progress.extra.get("history", []))
@@ -446,9 +470,9 @@ class Loop:
                         acc.backward(loss)
                     if acc.sync_gradients:
                         if spec.max_grad_norm is not None:
-                            grad_norm = float(
-                                acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
-                            )
+                            # DeepSpeed clips inside its engine and accelerate returns None.
+                            norm = acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
+                            grad_norm = None if norm is None else float(norm)
                         self.optimizer.step()
                         self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
@@ -571,3 +595,11 @@ def make_accelerator(spec: TrainingSpec) -> Accelerator:
             )
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=spec.grad_accum)
+
+
+def sharded_engine(acc: Accelerator) -> bool:
+    """FSDP and DeepSpeed shard the optimizer state across ranks: it is saved and loaded
+    through accelerate on every rank, not by the main process alone."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
