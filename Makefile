@@ -42,7 +42,7 @@ lint: $(STAMP)   ## ruff, mypy and the import layers (pyproject's importlinter c
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 
-banking77: $(STAMP)   ## the recorded Banking77 results (README), full data and 10 per class
+banking77: $(STAMP)   ## the recorded Banking77 results (benchmarks/README.md), full data and 10 per class
 	HF_HUB_OFFLINE=1 $(BIN)/finekit train recipes/banking77.yaml --output runs/banking77-full
 	HF_HUB_OFFLINE=1 $(BIN)/finekit train recipes/banking77.yaml --set data.k_per_class=10 \
 	  --set training.epochs=15 --output runs/banking77-k10
