@@ -79,6 +79,7 @@ def test_learns_the_target_and_reloads_to_the_same_predictions(regress_recipe: R
     run = json.loads((res.run_dir / "run.json").read_text())
     assert run["task"] == "regress" and run["data"]["target_train"]["min"] > 40
     assert (res.run_dir / "eval" / "scatter_test.png").stat().st_size > 5_000
+    assert "scatter test" in (res.run_dir / "report.html").read_text()  # the report shows it
     # The export is a plain transformers regression head: one output, problem_type set.
     config = json.loads((res.model_dir / "config.json").read_text())
     assert config["problem_type"] == "regression" and len(config["id2label"]) == 1

@@ -1,14 +1,15 @@
-"""The Recipe: one validated description of a fine-tuning run (pydantic, YAML in and out).
+"""The Recipe schema: one validated description of a fine-tuning run (pydantic).
 
 Every knob has the default a practitioner would pick for a small labelled data set and a
 pre-trained encoder; an unknown key or a wrong value raises `RecipeError` naming the field
 (dotted path) and what is allowed. Task and method sections are open for extension: each
-registered task/method brings its own config class, found by the section's `name`.
+registered task/method brings its own config class, found by the section's `name`, and
+declares what the generic checks below may ask of it. Reading YAML, `--set` overrides and
+error messages are `io.py`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 from pathlib import Path
@@ -25,7 +26,16 @@ from pydantic import (
     model_validator,
 )
 
+from finekit.data.readers import HF_SPLITS  # split names inside an HF DatasetDict
 from finekit.errors import RecipeError, RegistryError
+from finekit.recipe.io import (
+    apply_overrides,
+    deep_merge,
+    explain,
+    read_yaml,
+    section_registry,
+    undot,
+)
 
 
 class Section(BaseModel):
@@ -190,9 +200,6 @@ class ReplaySpec(Section):
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf", "npz", "images", "text"] = (
         "auto"
     )
-
-
-from finekit.data.readers import HF_SPLITS  # noqa: E402  (split names of a DatasetDict)
 
 
 class DataSpec(Section):
@@ -447,7 +454,7 @@ def _registered_section(value: Any, kind: str) -> Any:
         value = value.model_dump()
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping with a `name`, got {type(value).__name__}")
-    registry = _registry(kind)
+    registry = section_registry(kind)
     name = value.get("name", "classify" if kind == "task" else "full")
     try:
         entry = registry.get(name)
@@ -523,18 +530,13 @@ class Recipe(Section):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise RecipeError(f"{source}: " + _explain(e, data)) from None
+            raise RecipeError(f"{source}: " + explain(e, data, cls)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
         """Read a YAML recipe; `overrides` are `dotted.field=value` strings (like --set)."""
         p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"recipe file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise RecipeError(f"recipe file {p} is not valid UTF-8 YAML: {e}") from None
+        data = read_yaml(p)
         if isinstance(data, dict):
             data.setdefault("name", p.stem)
         data = apply_overrides(data, overrides or [])
@@ -553,118 +555,7 @@ class Recipe(Section):
         """A new recipe with `a.b=value` strings or a nested/dotted dict applied."""
         data = self.to_dict()
         if isinstance(overrides, dict):
-            data = deep_merge(data, _undot(overrides))
+            data = deep_merge(data, undot(overrides))
         else:
             data = apply_overrides(data, overrides)
         return Recipe.from_dict(data, source="recipe overrides")
-
-
-# --------------------------------------------------------------------------- helpers
-# Task and method sections are validated by the config classes their plug-ins register.
-SECTION_REGISTRIES: dict[str, Any] = {}
-
-
-def _registry(kind: str) -> Any:
-    """The task or method registry (filled with the plug-ins on first lookup)."""
-    if not SECTION_REGISTRIES:
-        from finekit.core.contracts import METHODS, TASKS
-
-        SECTION_REGISTRIES.update(task=TASKS, method=METHODS)
-    return SECTION_REGISTRIES[kind]
-
-
-def _undot(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        parts = key.replace("__", ".").split(".")
-        cur = out
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
-        cur[parts[-1]] = value
-    return out
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Merge `update` into a copy of `base`; nested dicts merge, other values replace.
-
-    A task/method `name` change replaces the whole section (options of one method mean
-    nothing to another).
-    """
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, str) and key in ("task", "method"):
-            value = {"name": value}
-        if isinstance(value, str) and key == "model":
-            value = {"path": value}
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            if key in ("task", "method") and value.get("name", out[key].get("name")) != out[
-                key
-            ].get("name"):
-                out[key] = copy.deepcopy(value)
-            else:
-                out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` strings; values are parsed as YAML (3e-5, true, [a, b])."""
-    update: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected FIELD=VALUE, e.g. training.lr=3e-5")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise RecipeError(f"--set {item!r}: empty field name")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        # YAML 1.1 reads 3e-5 as a string; numbers are what users mean.
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-        update = deep_merge(update, _undot({key: value}))
-    return deep_merge(data, update)
-
-
-def _explain(err: ValidationError, data: dict[str, Any]) -> str:
-    """Turn pydantic's errors into `field: problem (allowed ...)` messages."""
-    msgs = []
-    for e in err.errors():
-        loc = [str(x) for x in e["loc"] if not str(x).startswith("function-")]
-        # Drop the pydantic union/class tags (e.g. 'LoraConfig') from the path.
-        loc = [x for x in loc if not x[:1].isupper()]
-        field = ".".join(loc) or "recipe"
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(loc[:-1], data)
-            msgs.append(f"unknown field {field!r}" + (f"; allowed: {allowed}" if allowed else ""))
-        elif e["type"] == "missing":
-            msgs.append(f"missing required field {field!r}")
-        else:
-            got = e.get("input")
-            shown = repr(got) if not isinstance(got, dict) else "a mapping"
-            msgs.append(f"field {field!r}: {e['msg']} (got {shown})")
-    return "; ".join(msgs)
-
-
-def _allowed_fields(loc: list[str], data: dict[str, Any]) -> str:
-    cls: Any = Recipe
-    for part in loc:
-        field = cls.model_fields.get(part) if hasattr(cls, "model_fields") else None
-        if field is None:
-            return ""
-        ann = field.annotation
-        if part in ("task", "method"):
-            section = data.get(part)
-            name = section.get("name") if isinstance(section, dict) else section
-            try:
-                default = "classify" if part == "task" else "full"
-                cls = _registry(part).get(name or default).config_cls
-            except RegistryError:
-                return ""
-        else:
-            cls = ann
-    return ", ".join(cls.model_fields) if hasattr(cls, "model_fields") else ""
