@@ -137,6 +137,7 @@ def test_a_task_missing_core_members_is_named_when_built() -> None:
 
 
 def test_capabilities_are_found_by_protocol_not_by_name() -> None:
+    from finekit.tasks.chat.task import ChatConfig
     from finekit.tasks.classify.config import ClassifyConfig
     from finekit.tasks.lm.causal import CausalLMConfig
 
@@ -151,6 +152,9 @@ def test_capabilities_are_found_by_protocol_not_by_name() -> None:
     assert caps["lm"].baseline is lm and caps["lm"].retention is lm
     assert caps["lm"].classes is None and caps["lm"].generate is None
     assert set(CAPABILITIES) == set(vars(caps["lm"]))  # one field per declared capability
+    # chat: its own retention (general English), replies, generation scores, EWC data.
+    chat = capabilities(build_task(ChatConfig()))
+    assert None not in (chat.retention, chat.generate, chat.generation_metrics, chat.fisher_data)
 
 
 def test_the_architecture_diagram_is_the_code_s() -> None:

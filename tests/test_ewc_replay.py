@@ -16,7 +16,7 @@ from finekit import Recipe, finetune
 from finekit.errors import DataError, RecipeError
 from finekit.models import family_for
 from finekit.recipe import ModelSpec
-from finekit.run.stages import ewc
+from finekit.run.stages import ewc as build_ewc
 from finekit.run.stages import setup as _setup
 from finekit.tasks import EncodedDataset, HeadSpec
 from finekit.train.callbacks import CallbackError
@@ -34,7 +34,7 @@ def _ewc_of(r: Recipe):  # noqa: ANN202
     s = _setup(r)
     train = s.task.encode(s.prepared.splits.train, s.loaded.processor, "train")
     assert r.training.ewc is not None
-    return ewc(r, r.training.ewc, s, train), s
+    return build_ewc(r, r.training.ewc, s, train), s
 
 
 # --------------------------------------------------------------------------- EWC
@@ -99,7 +99,7 @@ def test_ewc_fisher_is_normalised_from_the_base_weights(tiny_recipe: Recipe) -> 
     with torch.no_grad():
         for p in body:
             p.add_(0.2 * torch.randn_like(p))
-    perturbed = ewc(r, 1.0, s, train)
+    perturbed = build_ewc(r, 1.0, s, train)
     mean = ewc.info["fisher_mean_before_normalising"]
     assert perturbed.info["fisher_mean_before_normalising"] != pytest.approx(mean, rel=0.01)
     again, _ = _ewc_of(r)

@@ -16,7 +16,7 @@ from finekit import Recipe, finetune
 from finekit.errors import DataError, RecipeError, RunDirError
 from finekit.experiments.compare import compare, train_flops
 from finekit.report import write_report
-from finekit.report.classify import leakage
+from finekit.tasks.classify.report import leakage
 
 
 def _images(html: str) -> list[bytes]:

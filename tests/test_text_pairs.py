@@ -15,9 +15,9 @@ from conftest import FILLER, make_rows
 from finekit import Recipe, finetune
 from finekit.data.splits import read_splits
 from finekit.errors import DataError, RecipeError
-from finekit.report.classify import PAIR_JOIN, _confusions
 from finekit.serve.predict import load_run
 from finekit.tasks.classify import ClassifyConfig, ClassifyTask
+from finekit.tasks.classify.report import PAIR_JOIN, _confusions
 
 
 def _pair_rows(n_per_class: int, seed: int) -> pd.DataFrame:
@@ -121,7 +121,9 @@ def test_confused_examples_are_quoted_as_pairs(tmp_path: Path) -> None:
             "confidence": [0.9, 0.8],
         }
     ).to_csv(tmp_path / "eval" / "predictions_test.csv", index=False)
-    html = _confusions(tmp_path, "test")
+    from finekit.report.html import render
+
+    html = render(_confusions(tmp_path, "test"), tmp_path)
     assert "a man sleeps" + PAIR_JOIN + "a person is awake" in html
     assert "a dog runs" not in html  # predicted right: not among the confusions
 

@@ -69,6 +69,64 @@ class EncodedDataset(torch.utils.data.Dataset):
 Batch = dict[str, torch.Tensor]
 
 
+# --------------------------------------------------------------------------- report data
+# What a task says in the run's report, as data: `report/` renders it (HTML today), and no
+# task imports `report/`.
+@dataclass
+class Text:
+    """A paragraph; `tone`: plain, muted (a note), warn (a finding to act on), ok."""
+
+    text: str
+    tone: str = "plain"
+
+
+@dataclass
+class Heading:
+    """A sub-heading inside a section."""
+
+    text: str
+
+
+@dataclass
+class Table:
+    """Rows of cells; a cell is a number, a text, or a list of texts (one per line).
+    `left`: leading text columns; `text_columns`: other text columns by index."""
+
+    header: list[str]
+    rows: list[list[Any]]
+    left: int = 1
+    caption: str | None = None
+    text_columns: tuple[int, ...] = ()
+
+
+@dataclass
+class Figure:
+    """A PNG: rendered by the task (`png`) or a file in the run directory (`path`)."""
+
+    caption: str
+    png: bytes | None = None
+    path: str | None = None
+
+
+@dataclass
+class Bullets:
+    """A list of short items (e.g. skipped files)."""
+
+    items: list[str]
+    tone: str = "plain"
+
+
+Block = Text | Heading | Table | Figure | Bullets
+
+
+@dataclass
+class ReportSection:
+    """One titled section of a run's report."""
+
+    title: str
+    blocks: list[Block]
+
+
 # --------------------------------------------------------------------------- the core
 @runtime_checkable
 class Task(Protocol):
@@ -255,11 +313,11 @@ class Explains(Protocol):
 
 @runtime_checkable
 class HasReportSections(Protocol):
-    """Adds its own sections to the run's HTML report (title, HTML body)."""
+    """Adds its own sections to the run's report, as data (`report/` renders them)."""
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
-    ) -> list[tuple[str, str]]: ...
+    ) -> list[ReportSection]: ...
 
 
 @runtime_checkable

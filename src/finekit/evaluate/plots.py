@@ -53,6 +53,16 @@ def plot_confusion_matrix(
     return path
 
 
+def png_bytes(fig: plt.Figure, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes (closed after), for report data."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

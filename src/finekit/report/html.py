@@ -108,3 +108,33 @@ def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
         "<p class=muted>Written by finekit. Self-contained: no scripts, no network.</p>"
         "</body></html>"
     )
+
+
+def render(blocks: Sequence[Any], run_dir: Path) -> str:
+    """HTML of a task's report data (`finekit.core.contracts` blocks), escaped."""
+    from finekit.core.contracts import Bullets, Figure, Heading, Table, Text
+
+    parts = []
+    for b in blocks:
+        if isinstance(b, Text):
+            tone = "" if b.tone == "plain" else f" class={b.tone}"
+            parts.append(f"<p{tone}>{esc(b.text)}</p>")
+        elif isinstance(b, Heading):
+            parts.append(f"<h3>{esc(b.text)}</h3>")
+        elif isinstance(b, Table):
+            rows = [
+                [Raw("<br>".join(esc(x) for x in c)) if isinstance(c, list) else c for c in r]
+                for r in b.rows
+            ]
+            parts.append(table(b.header, rows, b.left, b.caption, b.text_columns))
+        elif isinstance(b, Figure):
+            if b.png is not None:
+                parts.append(figure_from_bytes(b.png, b.caption))
+            elif b.path is not None and (run_dir / b.path).is_file():
+                parts.append(figure_from_file(run_dir / b.path, b.caption))
+        elif isinstance(b, Bullets):
+            tone = "" if b.tone == "plain" else f" class={b.tone}"
+            parts.append(f"<ul{tone}>" + "".join(f"<li>{esc(x)}</li>" for x in b.items) + "</ul>")
+        else:
+            raise TypeError(f"report: unknown block {type(b).__name__}")
+    return "".join(parts)

@@ -23,6 +23,7 @@ from finekit.report.html import (  # noqa: E402
     figure_from_file,
     figure_from_matplotlib,
     page,
+    render,
     table,
 )
 from finekit.rundir import RECIPE, RUN_JSON, read_json  # noqa: E402
@@ -198,7 +199,8 @@ def run_report(run_dir: Path) -> Path:
 
             own = capabilities(build_task(recipe.task)).report_sections
             if own is not None:
-                sections += own.report_sections(run_dir, recipe, run)
+                for sec in own.report_sections(run_dir, recipe, run):
+                    sections.append((sec.title, render(sec.blocks, run_dir)))
         except Exception as e:
             log.warning("report: task sections skipped: %s", e)
             sections.append(("Task details", f"<p class=warn>Not available: {esc(e)}</p>"))

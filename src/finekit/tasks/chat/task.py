@@ -27,7 +27,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
+from finekit.core.contracts import (
+    Batch,
+    EncodedDataset,
+    HeadSpec,
+    Prepared,
+    ReportSection,
+    Table,
+    Text,
+)
 from finekit.data.dialogue import apply_house_style, dialogue_to_messages
 from finekit.data.splits import Splits, fold_holdout
 from finekit.errors import DataError, ModelError, RecipeError
@@ -119,6 +127,7 @@ class ChatTask:
     """Assistant-only next-token loss on rendered conversations (causal-lm head)."""
 
     name = "chat"
+    general_key = "general_perplexity"  # the retention measure's name (as for causal_lm)
     metric_names: tuple[str, ...] = METRICS
 
     def __init__(self, config: ChatConfig) -> None:
@@ -587,10 +596,8 @@ class ChatTask:
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
-    ) -> list[tuple[str, str]]:
+    ) -> list[ReportSection]:
         """Reply loss and generation scores (rules included) before and after, per split."""
-        from finekit.report.html import esc, table
-
         rows = []
         for split, m in (run.get("metrics") or {}).items():
             for key in sorted(k[: -len("_before")] for k in m if k.endswith("_before")):
@@ -600,15 +607,18 @@ class ChatTask:
         if not rows:
             return []
         note = (
-            "<p class=muted>loss/perplexity: on assistant tokens (lower is better). "
-            "exact_match, token_f1, rougeL, stopped_by_eos, rule_*: greedy replies to "
-            f"{esc(self.config.generation_samples)} held-out conversations per split, "
-            "against their last real reply (higher is better).</p>"
+            "loss/perplexity: on assistant tokens (lower is better). exact_match, token_f1, "
+            "rougeL, stopped_by_eos, rule_*: greedy replies to "
+            f"{self.config.generation_samples} held-out conversations per split, against "
+            "their last real reply (higher is better)."
         )
         return [
-            (
+            ReportSection(
                 "Replies before and after",
-                table(["split", "metric", "before", "after", "change"], rows) + note,
+                [
+                    Table(["split", "metric", "before", "after", "change"], rows),
+                    Text(note, "muted"),
+                ],
             )
         ]
 

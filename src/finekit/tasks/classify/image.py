@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, ReportSection
 from finekit.data.images import decode_images
 from finekit.data.splits import Splits
 from finekit.errors import DataError
@@ -384,8 +384,8 @@ class ImageClassifyTask(ClassifyTask):
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
-    ) -> list[tuple[str, str]]:
-        from finekit.report.image import sections
+    ) -> list[ReportSection]:
+        from finekit.tasks.classify.image_report import sections
 
         return sections(self, run_dir, recipe, run)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, ReportSection
 from finekit.data.augment import resolve_augment
 from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
@@ -365,9 +365,9 @@ class ClassifyTask:
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
-    ) -> list[tuple[str, str]]:
+    ) -> list[ReportSection]:
         """Data summary with a leakage check, per-class metrics, worst confusions."""
-        from finekit.report.classify import sections
+        from finekit.tasks.classify.report import sections
 
         return sections(self, run_dir, recipe, run)
 

@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
+from finekit.core.contracts import (
+    Batch,
+    EncodedDataset,
+    HeadSpec,
+    Prepared,
+    ReportSection,
+    Table,
+    Text,
+)
 from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.retention import reference_sentences
@@ -298,10 +306,8 @@ class CausalLMTask:
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
-    ) -> list[tuple[str, str]]:
+    ) -> list[ReportSection]:
         """Perplexity before/after per split and on general English."""
-        from finekit.report.html import esc, table
-
         rows = []
         for split, m in (run.get("metrics") or {}).items():
             if "perplexity_before" in m:
@@ -315,14 +321,13 @@ class CausalLMTask:
             return []
         data = run.get("data") or {}
         note = (
-            f"<p class=muted>{self.perplexity_note} Blocks of "
-            f"{esc(data.get('block_size'))} tokens. Lower is better: the domain split should "
-            "fall; a large rise on general English is forgetting.</p>"
+            f"{self.perplexity_note} Blocks of {data.get('block_size')} tokens. Lower is "
+            "better: the domain split should fall; a large rise on general English is forgetting."
         )
         return [
-            (
+            ReportSection(
                 "Perplexity before and after",
-                table(["text", "before", "after", "change"], rows) + note,
+                [Table(["text", "before", "after", "change"], rows), Text(note, "muted")],
             )
         ]
 

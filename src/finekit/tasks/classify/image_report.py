@@ -1,4 +1,4 @@
-"""Report sections of image classification: the data as decoded (modes, sizes, skipped
+"""Report data of image classification: the data as decoded (modes, sizes, skipped
 files), the clinical metrics (sensitivity, specificity, AUC, calibration) and per-class
 metrics. The evaluation plots (confusion, ROC, reliability, Grad-CAM) follow from eval/."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finekit.report.html import esc, table
+from finekit.core.contracts import Block, Bullets, ReportSection, Table, Text
 
 CLINICAL = (
     "accuracy",
@@ -22,13 +22,13 @@ CLINICAL = (
 )
 
 
-def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[tuple[str, str]]:
+def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[ReportSection]:
     data = run.get("data", {})
     rows = data.get("rows", {})
     sources = data.get("sources", {})
     images = data.get("images", {})
-    parts = [
-        table(
+    parts: list[Block] = [
+        Table(
             ["split", "images", "skipped (unreadable)", "modes", "sizes (top)", "source"],
             [
                 [
@@ -41,55 +41,53 @@ def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list
                 ]
                 for s, n in rows.items()
             ],
-            left=1,
         )
     ]
     skipped = [x for s in images.values() for x in s.get("skipped_examples", [])]
     if skipped:
-        parts.append(
-            "<p class=warn>Skipped images (data.on_bad_image: skip):</p><ul>"
-            + "".join(f"<li>{esc(x)}</li>" for x in skipped[:10])
-            + "</ul>"
-        )
+        parts.append(Text("Skipped images (data.on_bad_image: skip):", "warn"))
+        parts.append(Bullets([str(x) for x in skipped[:10]]))
     counts = data.get("train_class_counts", {})
     aug = data.get("augment") or {}
     parts.append(
-        f"<p>Training class counts: {esc(counts)}; class weights: "
-        f"{esc(data.get('class_weights'))}; input side {esc(task.size or '?')}"
-        f" px (from task.image_size or the backbone processor); augmentation: {esc(aug)}.</p>"
+        Text(
+            f"Training class counts: {counts}; class weights: {data.get('class_weights')}; "
+            f"input side {task.size or '?'} px (from task.image_size or the backbone "
+            f"processor); augmentation: {aug}."
+        )
     )
-    out = [("Data", "".join(parts))]
+    out = [ReportSection("Data", parts)]
     metrics = run.get("metrics", {})
     rows_m = [[s, *[m.get(k) for k in CLINICAL]] for s, m in metrics.items() if isinstance(m, dict)]
     if rows_m:
         pos = data.get("positive_label")
         thr = next((m.get("threshold") for m in metrics.values() if "threshold" in m), None)
-        out.append(
-            (
-                "Clinical metrics",
-                table(["split", *CLINICAL], rows_m)
-                + (
-                    f"<p class=muted>Sensitivity/specificity for positive class "
-                    f"<b>{esc(pos)}</b> at threshold {esc(thr)}; ECE: expected calibration "
-                    "error of the top-label confidence (15 bins, Guo et al. 2017).</p>"
-                    if pos is not None
-                    else ""
-                ),
+        blocks: list[Block] = [Table(["split", *CLINICAL], rows_m)]
+        if pos is not None:
+            blocks.append(
+                Text(
+                    f"Sensitivity/specificity for positive class {pos} at threshold {thr}; "
+                    "ECE: expected calibration error of the top-label confidence (15 bins, "
+                    "Guo et al. 2017).",
+                    "muted",
+                )
             )
-        )
+        out.append(ReportSection("Clinical metrics", blocks))
     split = "test" if "test" in metrics else ("validation" if "validation" in metrics else None)
     if split and "per_class" in metrics[split]:
         pc = metrics[split]["per_class"]
         out.append(
-            (
+            ReportSection(
                 f"Per-class metrics ({split})",
-                table(
-                    ["class", "precision", "recall", "F1", "support"],
-                    [
-                        [k, v["precision"], v["recall"], v["f1"], v["support"]]
-                        for k, v in pc.items()
-                    ],
-                ),
+                [
+                    Table(
+                        ["class", "precision", "recall", "F1", "support"],
+                        [
+                            [k, v["precision"], v["recall"], v["f1"], v["support"]]
+                            for k, v in pc.items()
+                        ],
+                    )
+                ],
             )
         )
     return out

@@ -1,5 +1,5 @@
-"""Report sections of the `classify` task: data summary with a leakage check, per-class
-metrics, and the worst-confused pairs with example texts."""
+"""Report data of the `classify` task (text): data summary with a leakage check, per-class
+metrics, and the worst-confused pairs with example texts. `report/` renders it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from finekit.report.html import esc, figure_from_file, figure_from_matplotlib, table  # noqa: E402
+from finekit.core.contracts import Block, Figure, Heading, ReportSection, Table, Text  # noqa: E402
+from finekit.evaluate.plots import png_bytes  # noqa: E402
 
 log = logging.getLogger(__name__)
 NEAR_DUPLICATE_COSINE = 0.9  # char 3-5-gram TF-IDF cosine: same text up to a few edits
@@ -58,39 +59,37 @@ def _examples(df: pd.DataFrame, col: str, pair: str | None) -> list[str]:
     return texts.tolist()
 
 
-def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[tuple[str, str]]:
-    out = [("Data", _data_section(task, run_dir, recipe, run))]
+def sections(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[ReportSection]:
+    out = [ReportSection("Data", _data_section(task, run_dir, recipe, run))]
     metrics = run.get("metrics", {})
     split = "test" if "test" in metrics else ("validation" if "validation" in metrics else None)
     if split and "per_class" in metrics[split]:
         pc = metrics[split]["per_class"]
         rows = sorted(pc.items(), key=lambda kv: (kv[1]["f1"], kv[0]))
         out.append(
-            (
+            ReportSection(
                 f"Per-class metrics ({split})",
-                "<p class=muted>Sorted by F1, weakest first.</p>"
-                + table(
-                    ["class", "precision", "recall", "F1", "support"],
-                    [[k, v["precision"], v["recall"], v["f1"], v["support"]] for k, v in rows],
-                ),
+                [
+                    Text("Sorted by F1, weakest first.", "muted"),
+                    Table(
+                        ["class", "precision", "recall", "F1", "support"],
+                        [[k, v["precision"], v["recall"], v["f1"], v["support"]] for k, v in rows],
+                    ),
+                ],
             )
         )
     if split:
-        out.append(("Confusions", _confusions(run_dir, split)))
+        out.append(ReportSection("Confusions", _confusions(run_dir, split)))
     return out
 
 
-def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> str:
+def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) -> list[Block]:
     data = run.get("data", {})
-    parts = []
+    parts: list[Block] = []
     rows = data.get("rows", {})
     sources = data.get("sources", {})
     parts.append(
-        table(
-            ["split", "rows", "source"],
-            [[s, n, sources.get(s, "")] for s, n in rows.items()],
-            left=1,
-        )
+        Table(["split", "rows", "source"], [[s, n, sources.get(s, "")] for s, n in rows.items()])
     )
     counts = data.get("train_class_counts", {})
     if counts:
@@ -103,11 +102,11 @@ def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) ->
         ax.set_title(
             f"Class balance (training set): min {min(counts.values())}, max {max(counts.values())}"
         )
-        parts.append(figure_from_matplotlib(fig, "Training examples per class."))
+        parts.append(Figure("Training examples per class.", png=png_bytes(fig)))
     trunc = data.get("truncation", {})
     if trunc:
         parts.append(
-            table(
+            Table(
                 [
                     "split",
                     "texts over max_length",
@@ -135,10 +134,12 @@ def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) ->
         prepared = task.prepare(read_splits(recipe.data), recipe)
     except Exception as e:
         parts.append(
-            f"<p class=warn>Data files not readable from here ({esc(e)}): "
-            "no length histogram or leakage check.</p>"
+            Text(
+                f"Data files not readable from here ({e}): no length histogram or leakage check.",
+                "warn",
+            )
         )
-        return "".join(parts)
+        return parts
     splits = dict(prepared.splits.items())
     col, pair = recipe.data.text_column, recipe.data.text_pair_column
     try:
@@ -165,7 +166,7 @@ def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) ->
         ax.set_xlabel("tokens per example")
         ax.set_ylabel("examples")
         ax.legend(fontsize=8)
-        parts.append(figure_from_matplotlib(fig, "Length in tokens (the model's tokenizer)."))
+        parts.append(Figure("Length in tokens (the model's tokenizer).", png=png_bytes(fig)))
     except Exception as e:
         log.warning("report: no length histogram: %s", e)
     # An example is its text and, for sentence pairs, its pair: a premise that recurs with
@@ -181,38 +182,41 @@ def _data_section(task: Any, run_dir: Path, recipe: Any, run: dict[str, Any]) ->
         examples += [(s, t, "exact", "") for t in lk["exact"][:5]]
         examples += [(s, t, f"near ({c:.2f})", m) for t, m, c in lk["near"][:5]]
     if leak_rows:
-        parts.append(
-            "<h3>Leakage check: evaluation texts also in training</h3>"
-            + table(["split", "texts", "exact duplicates", "near duplicates"], leak_rows)
-        )
+        parts.append(Heading("Leakage check: evaluation texts also in training"))
+        parts.append(Table(["split", "texts", "exact duplicates", "near duplicates"], leak_rows))
         if any(r[2] or r[3] for r in leak_rows):
             parts.append(
-                "<p class=warn>Some evaluation texts (almost) occur in the training "
-                "data: their scores overstate generalisation.</p>"
+                Text(
+                    "Some evaluation texts (almost) occur in the training data: their scores "
+                    "overstate generalisation.",
+                    "warn",
+                )
             )
             parts.append(
-                table(
-                    ["split", "evaluation text", "kind", "closest training text"], examples, left=4
+                Table(
+                    ["split", "evaluation text", "kind", "closest training text"],
+                    [list(x) for x in examples],
+                    left=4,
                 )
             )
         else:
-            parts.append("<p class=ok>No evaluation text occurs in the training data.</p>")
-    return "".join(parts)
+            parts.append(Text("No evaluation text occurs in the training data.", "ok"))
+    return parts
 
 
-def _confusions(run_dir: Path, split: str) -> str:
-    parts = []
-    png = run_dir / "eval" / f"confusion_matrix_{split}.png"
-    if png.is_file():
-        parts.append(figure_from_file(png, f"Confusion matrix ({split}), rows normalised."))
+def _confusions(run_dir: Path, split: str) -> list[Block]:
+    parts: list[Block] = []
+    png = f"eval/confusion_matrix_{split}.png"
+    if (run_dir / png).is_file():
+        parts.append(Figure(f"Confusion matrix ({split}), rows normalised.", path=png))
     pred_file = run_dir / "eval" / f"predictions_{split}.csv"
     if not pred_file.is_file():
-        return "".join(parts)
+        return parts
     df = pd.read_csv(pred_file, keep_default_na=False, dtype={"label": str, "predicted": str})
     wrong = df[df["label"] != df["predicted"]]
     if wrong.empty:
-        parts.append("<p class=ok>No errors on this split.</p>")
-        return "".join(parts)
+        parts.append(Text("No errors on this split.", "ok"))
+        return parts
     pairs = wrong.groupby(["label", "predicted"]).size().sort_values(ascending=False).head(10)
     rows = []
     for (true, pred), n in pairs.items():
@@ -222,20 +226,21 @@ def _confusions(run_dir: Path, split: str) -> str:
             "text",
             "text_pair" if "text_pair" in ex.columns else None,
         )
-        rows.append([true, pred, int(n), "<br>".join(esc(t) for t in ex)])
-    from finekit.report.html import Raw
-
+        rows.append([true, pred, int(n), ex])  # the examples: one per line
+    parts.append(Heading("Worst-confused pairs"))
     parts.append(
-        "<h3>Worst-confused pairs</h3>"
-        + table(
+        Table(
             ["true class", "predicted as", "errors", "examples (most confident first)"],
-            [[a, b, c, Raw(d)] for a, b, c, d in rows],
+            rows,
             left=2,
-            text_columns=[3],
+            text_columns=(3,),
         )
     )
     parts.append(
-        f"<p class=muted>{len(wrong)} errors of {len(df)} examples; all predictions "
-        f"in eval/predictions_{esc(split)}.csv.</p>"
+        Text(
+            f"{len(wrong)} errors of {len(df)} examples; all predictions in "
+            f"eval/predictions_{split}.csv.",
+            "muted",
+        )
     )
-    return "".join(parts)
+    return parts
