@@ -7,7 +7,7 @@ from finekit.tasks.classify.image import ImageClassifyTask
 from finekit.tasks.classify.text import AugmentedTexts, ClassifyTask
 
 
-def make_classify(config: ClassifyConfig) -> ClassifyTask:
+def make_classify(config: ClassifyConfig) -> ClassifyTask | ImageClassifyTask:
     """Text or image classification by `config.modality` (resolved by the recipe)."""
     if config.modality == "image":
         return ImageClassifyTask(config)

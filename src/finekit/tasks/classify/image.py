@@ -27,8 +27,17 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError
 from finekit.evaluate.metrics import probability_metrics
 from finekit.recipe import Recipe
+from finekit.tasks.classify.common import (
+    as_label,
+    check_metric,
+    check_seen,
+    label_metrics,
+    named,
+    split_labelled,
+    top_labels,
+    train_rows,
+)
 from finekit.tasks.classify.config import ClassifyConfig
-from finekit.tasks.classify.text import ClassifyTask, _as_label
 
 log = logging.getLogger(__name__)
 IMAGE_METRICS = (
@@ -61,13 +70,17 @@ def processor_geometry(
     return int(image_size or side), [float(m) for m in mean], [float(s) for s in std]
 
 
-class ImageClassifyTask(ClassifyTask):
+class ImageClassifyTask:
     """Image classification (an image-classification head on any vision backbone)."""
 
-    metric_names = IMAGE_METRICS
+    name = "classify"
+    size_unit = "training examples"
+    metric_names: tuple[str, ...] = IMAGE_METRICS
 
     def __init__(self, config: ClassifyConfig) -> None:
-        super().__init__(config)
+        self.config = config
+        self.labels: list[str] = []
+        self.label_column = "label"
         self.image_column = "image"
         self.on_bad_image = "error"
         self.size: int | None = config.image_size
@@ -96,7 +109,15 @@ class ImageClassifyTask(ClassifyTask):
             decoded[split], self.image_report[split] = decode_images(
                 df, self.image_column, src, self.on_bad_image
             )
-        prepared = super().prepare(Splits(**decoded, sources=splits.sources), recipe)
+        check_metric(recipe, self.metric_names)
+        out, self.labels, info = split_labelled(
+            Splits(**decoded, sources=splits.sources),
+            recipe,
+            self.label_column,
+            self.config.label_names,
+            lambda df, source: self._check(df, source, with_labels=True),
+        )
+        prepared = Prepared(splits=out, info=info)
         self._set_positive()
         counts = prepared.splits.train[self.label_column].value_counts()
         if self.config.class_weights == "balanced":
@@ -151,6 +172,15 @@ class ImageClassifyTask(ClassifyTask):
                     f"row(s) (data rows {rows}); fill or drop them"
                 )
 
+    def train_size(self, info: dict[str, Any]) -> int | None:
+        return train_rows(info)
+
+    def encoding_record(self) -> dict[str, Any]:
+        return {}  # images are resized, never truncated
+
+    def forget_split(self, split: str) -> None:
+        pass
+
     def head(self) -> HeadSpec:
         return HeadSpec(
             kind="image-classification",
@@ -183,7 +213,7 @@ class ImageClassifyTask(ClassifyTask):
             self.augment = build_image_augment(self._augment_spec, self.size)
         pixels = resize_uint8(df[self.image_column].tolist(), self.size)
         labels = (
-            [self.labels.index(v) for v in _as_label(df[self.label_column])]
+            [self.labels.index(v) for v in as_label(df[self.label_column])]
             if self.label_column in df.columns
             else None
         )
@@ -253,7 +283,7 @@ class ImageClassifyTask(ClassifyTask):
         return out
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        m = super().metrics(outputs)
+        m = label_metrics(outputs, self.labels)
         y = outputs["labels"].cpu().numpy()
         probs = outputs["probs"].cpu().numpy()
         m.update(probability_metrics(y, probs, self.labels, self.positive, self.config.threshold))
@@ -322,7 +352,7 @@ class ImageClassifyTask(ClassifyTask):
 
         if not len(rows) or last_conv_layer(model) is None:
             return []  # no convolution (e.g. a ViT): no Grad-CAM
-        y = [self.labels.index(v) for v in _as_label(rows[self.label_column])]
+        y = [self.labels.index(v) for v in as_label(rows[self.label_column])]
         picks: list[int] = []
         per_class = max(1, GRADCAM_IMAGES // max(1, len(self.labels)))
         for c in range(len(self.labels)):
@@ -350,10 +380,19 @@ class ImageClassifyTask(ClassifyTask):
     def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
         self._check(df, source, with_labels=with_labels)
         if with_labels:
-            df = self._named(df)
-            self._check_seen(df, source, "the training data")
+            df = named(df, self.label_column, self.config.label_names)
+            check_seen(df, self.labels, self.label_column, source, "the training data")
         df, _ = decode_images(df, self.image_column, source, self.on_bad_image)
         return df
+
+    def predict(
+        self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int
+    ) -> list[dict[str, Any]]:
+        from finekit.evaluate.runner import run_outputs
+
+        ds = self.encode(rows.drop(columns=[self.label_column], errors="ignore"), processor, "p")
+        out = run_outputs(self, model, ds, self.collator(processor), batch_size)
+        return top_labels(out["probs"], self.labels)
 
     @property
     def input_column(self) -> str:

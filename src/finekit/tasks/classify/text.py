@@ -1,5 +1,5 @@
-"""Task `classify`: one label per example, for text (any HF encoder) and images
-(`task.modality: image`, see tasks/image_classify.py).
+"""Task `classify` on text (any HF encoder); images are `image.py`, and what both share
+is `common.py`.
 
 Labels come from a column of strings or ints; their names travel into the exported
 model's config (`id2label`). Inputs longer than `training.max_length` are counted and
@@ -23,10 +23,19 @@ from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, Re
 from finekit.data.augment import resolve_augment
 from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
-from finekit.data.splits import Splits, fold_holdout, holdout, sample_per_class
-from finekit.errors import DataError, RecipeError
-from finekit.evaluate.metrics import classification_metrics
+from finekit.data.splits import Splits
+from finekit.errors import DataError
 from finekit.recipe import Recipe
+from finekit.tasks.classify.common import (
+    as_label,
+    check_metric,
+    check_seen,
+    label_metrics,
+    named,
+    split_labelled,
+    top_labels,
+    train_rows,
+)
 from finekit.tasks.classify.config import ClassifyConfig
 
 log = logging.getLogger(__name__)
@@ -70,59 +79,17 @@ class ClassifyTask:
         )
         self.max_length = recipe.training.max_length
         self.seed = recipe.training.seed
-        if self.config.modality != "image":
-            eda = EdaSettings.from_spec(d.augment)
-            self.text_augment = eda if eda.active else None
-            self.text_mix = FeatureMixup.from_spec(d.augment)
-        if recipe.evaluation.metric not in self.metric_names:
-            raise RecipeError(
-                f"evaluation.metric={recipe.evaluation.metric!r} is not a classify metric; "
-                f"allowed: {', '.join(self.metric_names)}"
-            )
-        seed = recipe.training.seed
-        for split, df in splits.items():
-            self._check(df, splits.sources.get(split, split), with_labels=True)
-        if self.config.label_names:
-            named = {s: self._named(df) for s, df in splits.items()}
-            splits = Splits(**named, sources=splits.sources)
-
-        train = splits.train
-        src = splits.sources["train"]
-        raw_labels = train[self.label_column]
-        self.labels = _label_names(raw_labels)
-        for split, df in splits.items():
-            if split == "train":
-                continue
-            self._check_seen(df, splits.sources[split], f"training data {src}")
-        train = train.assign(**{self.label_column: _as_label(raw_labels)})
-        val, test = splits.validation, splits.test
-        if val is not None:
-            val = val.assign(**{self.label_column: _as_label(val[self.label_column])})
-        if test is not None:
-            test = test.assign(**{self.label_column: _as_label(test[self.label_column])})
-        sources = dict(splits.sources)
-        if test is None and d.test_fraction > 0:
-            train, test = holdout(train, d.test_fraction, seed, self.label_column, src, "test")
-            sources["test"] = f"{d.test_fraction:.0%} held out of {src}"
-        if d.folds is not None:
-            train, val = fold_holdout(train, d.folds, seed, self.label_column, src)
-            sources["validation"] = f"fold {d.folds.index + 1} of {d.folds.k} of {src}"
-        elif val is None and d.validation_fraction > 0:
-            train, val = holdout(
-                train, d.validation_fraction, seed, self.label_column, src, "validation"
-            )
-            sources["validation"] = f"{d.validation_fraction:.0%} held out of {src}"
-        if d.k_per_class is not None:
-            train = sample_per_class(
-                train, self.label_column, d.k_per_class, seed, src, cap=d.k_per_class_cap
-            )
-        if d.max_train_samples is not None and len(train) > d.max_train_samples:
-            train = train.sample(n=d.max_train_samples, random_state=seed).reset_index(drop=True)
-        missing = sorted(set(self.labels) - set(train[self.label_column]))
-        if missing:
-            log.warning("classes absent from the sampled training set: %s", missing[:10])
-        out = Splits(train=train, validation=val, test=test, sources=sources)
-        counts = {s: int(len(df)) for s, df in out.items()}
+        eda = EdaSettings.from_spec(d.augment)
+        self.text_augment = eda if eda.active else None
+        self.text_mix = FeatureMixup.from_spec(d.augment)
+        check_metric(recipe, self.metric_names)
+        out, self.labels, info = split_labelled(
+            splits,
+            recipe,
+            self.label_column,
+            self.config.label_names,
+            lambda df, source: self._check(df, source, with_labels=True),
+        )
         augment = (
             {"preset": d.augment.preset, **resolve_augment(d.augment, "text")}
             if self.text_augment or self.text_mix
@@ -130,20 +97,7 @@ class ClassifyTask:
         )
         if self.text_mix is not None:
             augment["mixup_alpha"] = self.text_mix.alpha
-        return Prepared(
-            splits=out,
-            info={
-                **({"augment": augment} if augment else {}),
-                "labels": self.labels,
-                "num_labels": len(self.labels),
-                "rows": counts,
-                "sources": sources,
-                "train_class_counts": {
-                    k: int(v)
-                    for k, v in train[self.label_column].value_counts().sort_index().items()
-                },
-            },
-        )
+        return Prepared(splits=out, info={**({"augment": augment} if augment else {}), **info})
 
     def _check(self, df: pd.DataFrame, source: str, with_labels: bool) -> None:
         needed = [self.text_column] + ([self.pair_column] if self.pair_column else [])
@@ -169,8 +123,7 @@ class ClassifyTask:
     size_unit = "training examples"
 
     def train_size(self, info: dict[str, Any]) -> int | None:
-        n = info.get("rows", {}).get("train")
-        return None if n is None else int(n)
+        return train_rows(info)
 
     def head(self) -> HeadSpec:
         return HeadSpec(
@@ -213,7 +166,7 @@ class ClassifyTask:
             enc = full
         index = {name: i for i, name in enumerate(self.labels)}
         labels = (
-            [index[v] for v in _as_label(df[self.label_column])]
+            [index[v] for v in as_label(df[self.label_column])]
             if self.label_column in df.columns
             else None
         )
@@ -277,12 +230,7 @@ class ClassifyTask:
         return out
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        probs, labels = outputs["probs"], outputs["labels"]
-        preds = probs.argmax(-1).cpu().numpy()
-        m = classification_metrics(labels.cpu().numpy(), preds, self.labels)
-        # Cross-entropy of the predictions (the validation loss beside the training loss).
-        picked = probs.gather(1, labels.long().view(-1, 1)).clamp_min(1e-12)
-        return {"loss": float(-picked.log().mean()), **m}
+        return label_metrics(outputs, self.labels)
 
     def artifacts(
         self,
@@ -324,29 +272,12 @@ class ClassifyTask:
         return files
 
     # ------------------------------------------------------------------ inference
-    def _named(self, df: pd.DataFrame) -> pd.DataFrame:
-        """Integer labels -> the names of `task.label_names` (others stay as they are)."""
-        names = self.config.label_names
-        if not names or self.label_column not in df.columns:
-            return df
-        values = [names.get(v, v) for v in _as_label(df[self.label_column])]
-        return df.assign(**{self.label_column: values})
-
     def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
         self._check(df, source, with_labels=with_labels)
         if with_labels:
-            df = self._named(df)
-            self._check_seen(df, source, "the training data")
+            df = named(df, self.label_column, self.config.label_names)
+            check_seen(df, self.labels, self.label_column, source, "the training data")
         return df
-
-    def _check_seen(self, df: pd.DataFrame, source: str, train_source: str) -> None:
-        """Labels the model has no output for cannot be scored: name them."""
-        unseen = sorted(set(_as_label(df[self.label_column])) - set(self.labels))
-        if unseen:
-            raise DataError(
-                f"{source}: label(s) {unseen[:10]} in column {self.label_column!r} never occur "
-                f"in {train_source}; remove those rows or add training examples"
-            )
 
     def predict(
         self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int
@@ -356,12 +287,9 @@ class ClassifyTask:
         ds = self.encode(
             rows.drop(columns=[self.label_column], errors="ignore"), processor, "predict"
         )
+        self.forget_split("predict")
         out = run_outputs(self, model, ds, self.collator(processor), batch_size)
-        probs = out["probs"]
-        top = probs.argmax(-1)
-        return [
-            {"label": self.labels[int(t)], "score": float(probs[i, t])} for i, t in enumerate(top)
-        ]
+        return top_labels(out["probs"], self.labels)
 
     def report_sections(
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
@@ -422,20 +350,3 @@ class AugmentedTexts(EncodedDataset):
         if text == self.texts[i]:
             return self.features[i]  # not augmented this epoch: the plain tokens
         return {**self.features[i], **self.tokenize(i, text)}
-
-
-def _as_label(values: pd.Series) -> list[str]:
-    """Labels as strings: ints stay readable ("3"), floats that are ints lose ".0"."""
-    out = []
-    for v in values.tolist():
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        out.append(str(v).strip())
-    return out
-
-
-def _label_names(values: pd.Series) -> list[str]:
-    names = sorted(set(_as_label(values)))
-    if all(n.lstrip("-").isdigit() for n in names):
-        names = sorted(names, key=int)  # 0, 1, 2, ..., 10 (not 0, 1, 10, 2)
-    return names
