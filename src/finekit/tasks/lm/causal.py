@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -82,81 +82,23 @@ class CausalLMTask:
 
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
-        d = recipe.data
-        self.text_column = d.text_column
+        self.text_column = recipe.data.text_column
         self.seed = recipe.training.seed
-        self.max_train_blocks = d.max_train_samples
-        if recipe.evaluation.metric not in self.metric_names:
-            raise RecipeError(
-                f"evaluation.metric={recipe.evaluation.metric!r} is not a causal_lm metric; "
-                f"allowed: {', '.join(self.metric_names)}"
-            )
-        for split, df in splits.items():
-            self._check(df, splits.sources.get(split, split))
-        train, val, test = splits.train, splits.validation, splits.test
-        src = splits.sources["train"]
-        sources = dict(splits.sources)
-        # The tail of the corpus is held out (contiguous, so no sentence of the held-out
-        # text also sits in training); test is the very end, validation just before it.
-        if test is None and d.test_fraction > 0:
-            train, test = tail_holdout(train, d.test_fraction, self.text_column, src, "test")
-            sources["test"] = f"last {d.test_fraction:.0%} of the text of {src}"
-        if d.folds is not None:
-            train, val = fold_text(train, d.folds.k, d.folds.index, self.text_column, src)
-            sources["validation"] = (
-                f"part {d.folds.index + 1} of {d.folds.k} of the text of {src} (contiguous)"
-            )
-        elif val is None and d.validation_fraction > 0:
-            train, val = tail_holdout(
-                train, d.validation_fraction, self.text_column, src, "validation"
-            )
-            sources["validation"] = f"last {d.validation_fraction:.0%} of the text of {src}" + (
-                " before the test part" if "test" in sources and test is not None else ""
-            )
-        out = Splits(train=train, validation=val, test=test, sources=sources)
-        info: dict[str, Any] = {
-            "documents": {s: int(len(df)) for s, df in out.items()},
-            "characters": {
-                s: int(df[self.text_column].astype(str).str.len().sum()) for s, df in out.items()
-            },
-            "sources": sources,
-            "block_size": self.config.block_size,
-            "packing": self.config.packing,
-            "tokens": self.counts,  # filled by `encode` (before run.json is written)
-        }
-        return Prepared(splits=out, info=info)
+        self.max_train_blocks = recipe.data.max_train_samples
+        return prepare_corpus(self, splits, recipe)
 
     def _check(self, df: pd.DataFrame, source: str) -> None:
-        if self.text_column not in df.columns:
-            raise DataError(
-                f"{source}: no column {self.text_column!r} (set data.text_column); columns are "
-                f"{[str(c) for c in df.columns]}"
-            )
-        texts = df[self.text_column]
-        if (texts.isna() | (texts.astype(str).str.strip() == "")).all():
-            raise DataError(f"{source}: column {self.text_column!r} holds no text (empty corpus)")
+        check_corpus(df, source, self.text_column)
 
     size_unit = "training token blocks"
 
     def train_size(self, info: dict[str, Any]) -> int | None:
-        n = info.get("tokens", {}).get("train", {}).get("blocks")
-        return None if n is None else int(n)
+        return trained_blocks(info)
 
     def head(self) -> HeadSpec:
         return HeadSpec(kind="causal-lm")
 
     # ------------------------------------------------------------------ features
-    def _tokenize(self, processor: Any, texts: list[str]) -> list[list[int]]:
-        import transformers
-
-        verbosity = transformers.logging.get_verbosity()
-        # "Token indices sequence length is longer than the maximum": blocks cut it below.
-        transformers.logging.set_verbosity_error()
-        try:
-            return list(processor(texts, add_special_tokens=False)["input_ids"])
-        finally:
-            transformers.logging.set_verbosity(verbosity)
-
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         """Blocks of token ids. Training keeps full blocks only (the short remainder is
         dropped and counted); evaluation keeps it, so every held-out token is scored."""
@@ -164,7 +106,7 @@ class CausalLMTask:
         if eos is None:
             raise ModelError("causal_lm: the tokenizer has no EOS token to separate documents")
         texts = [t for t in df[self.text_column].fillna("").astype(str).tolist() if t.strip()]
-        docs = self._tokenize(processor, texts)
+        docs = tokenize(processor, texts)
         bs = self.config.block_size
         blocks, dropped = cut_blocks(
             docs,
@@ -219,15 +161,10 @@ class CausalLMTask:
     def baseline(
         self, model: nn.Module, processor: Any, encoded: dict[str, EncodedDataset], batch_size: int
     ) -> dict[str, dict[str, Any]]:
-        """The base model's perplexity on each evaluation split (fp32, no grad), merged into
-        the final metrics as `perplexity_before` beside `perplexity_after`."""
-        out = {}
-        for split, data in encoded.items():
-            if split == "train" or len(data) == 0:
-                continue
-            m = self.evaluate_blocks(model, processor, data, batch_size)
-            out[split] = {"perplexity_before": m["perplexity"], "loss_before": m["loss"]}
-        return out
+        """The base model's perplexity on each evaluation split (`perplexity_before`)."""
+        return perplexity_before(
+            lambda d: self.evaluate_blocks(model, processor, d, batch_size), encoded
+        )
 
     def evaluate_blocks(
         self, model: nn.Module, processor: Any, data: EncodedDataset, batch_size: int
@@ -251,11 +188,7 @@ class CausalLMTask:
 
     def reference_data(self, processor: Any, reference: str | None) -> EncodedDataset:
         """General English (finekit's reference or the user's file) as evaluation blocks."""
-        texts, _ = reference_sentences(reference)
-        df = pd.DataFrame({self.text_column: ["\n".join(texts)]})
-        data = self.encode(df, processor, "reference")
-        self.counts.pop("reference", None)  # not a data split
-        return data
+        return reference_blocks(self, processor, reference)
 
     def fisher_data(self, processor: Any, recipe: Recipe) -> EncodedDataset:
         """EWC's reference set (`training.ewc`): general English, the skill to keep."""
@@ -308,28 +241,7 @@ class CausalLMTask:
         self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
     ) -> list[ReportSection]:
         """Perplexity before/after per split and on general English."""
-        rows = []
-        for split, m in (run.get("metrics") or {}).items():
-            if "perplexity_before" in m:
-                b, a = m["perplexity_before"], m.get("perplexity_after", m.get("perplexity"))
-                rows.append([split, _fmt(b), _fmt(a), _change(b, a)])
-        ret = run.get("retention") or {}
-        if f"{self.general_key}_before" in ret:
-            b, a = ret[f"{self.general_key}_before"], ret[f"{self.general_key}_after"]
-            rows.append(["general English (reference)", _fmt(b), _fmt(a), _change(b, a)])
-        if not rows:
-            return []
-        data = run.get("data") or {}
-        note = (
-            f"{self.perplexity_note} Blocks of {data.get('block_size')} tokens. Lower is "
-            "better: the domain split should fall; a large rise on general English is forgetting."
-        )
-        return [
-            ReportSection(
-                "Perplexity before and after",
-                [Table(["text", "before", "after", "change"], rows), Text(note, "muted")],
-            )
-        ]
+        return perplexity_report(run, self.general_key, self.perplexity_note)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -620,3 +532,135 @@ def lm_metrics(outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         "tokens": tokens,
         "examples": int(len(outputs["tokens"])),
     }
+
+
+# --------------------------------------------------------------------------- shared by LM tasks
+class Corpus(Protocol):
+    """What the shared corpus functions read of an LM task (causal_lm, masked_lm)."""
+
+    name: str
+    metric_names: tuple[str, ...]
+    text_column: str
+    counts: dict[str, dict[str, int]]
+
+    @property
+    def config(self) -> Any: ...  # block_size, packing
+
+
+def prepare_corpus(task: Corpus, splits: Splits, recipe: Recipe) -> Prepared:
+    """Check the text column, hold out the corpus's tail (test, then validation) or cut a
+    contiguous fold; the token counts fill `task.counts` when the splits are encoded."""
+    d, column = recipe.data, task.text_column
+    if recipe.evaluation.metric not in task.metric_names:
+        raise RecipeError(
+            f"evaluation.metric={recipe.evaluation.metric!r} is not a {task.name} metric; "
+            f"allowed: {', '.join(task.metric_names)}"
+        )
+    for split, df in splits.items():
+        check_corpus(df, splits.sources.get(split, split), column)
+    train, val, test = splits.train, splits.validation, splits.test
+    src = splits.sources["train"]
+    sources = dict(splits.sources)
+    # The tail of the corpus is held out (contiguous, so no sentence of the held-out
+    # text also sits in training); test is the very end, validation just before it.
+    if test is None and d.test_fraction > 0:
+        train, test = tail_holdout(train, d.test_fraction, column, src, "test")
+        sources["test"] = f"last {d.test_fraction:.0%} of the text of {src}"
+    if d.folds is not None:
+        train, val = fold_text(train, d.folds.k, d.folds.index, column, src)
+        sources["validation"] = (
+            f"part {d.folds.index + 1} of {d.folds.k} of the text of {src} (contiguous)"
+        )
+    elif val is None and d.validation_fraction > 0:
+        train, val = tail_holdout(train, d.validation_fraction, column, src, "validation")
+        sources["validation"] = f"last {d.validation_fraction:.0%} of the text of {src}" + (
+            " before the test part" if "test" in sources and test is not None else ""
+        )
+    out = Splits(train=train, validation=val, test=test, sources=sources)
+    info: dict[str, Any] = {
+        "documents": {s: int(len(df)) for s, df in out.items()},
+        "characters": {s: int(df[column].astype(str).str.len().sum()) for s, df in out.items()},
+        "sources": sources,
+        "block_size": task.config.block_size,
+        "packing": task.config.packing,
+        "tokens": task.counts,  # filled by `encode` (before run.json is written)
+    }
+    return Prepared(splits=out, info=info)
+
+
+def check_corpus(df: pd.DataFrame, source: str, column: str) -> None:
+    if column not in df.columns:
+        raise DataError(
+            f"{source}: no column {column!r} (set data.text_column); columns are "
+            f"{[str(c) for c in df.columns]}"
+        )
+    texts = df[column]
+    if (texts.isna() | (texts.astype(str).str.strip() == "")).all():
+        raise DataError(f"{source}: column {column!r} holds no text (empty corpus)")
+
+
+def trained_blocks(info: dict[str, Any]) -> int | None:
+    n = info.get("tokens", {}).get("train", {}).get("blocks")
+    return None if n is None else int(n)
+
+
+def tokenize(processor: Any, texts: list[str]) -> list[list[int]]:
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    # "Token indices sequence length is longer than the maximum": blocks cut it below.
+    transformers.logging.set_verbosity_error()
+    try:
+        return list(processor(texts, add_special_tokens=False)["input_ids"])
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def perplexity_before(
+    evaluate: Callable[[EncodedDataset], dict[str, Any]], encoded: dict[str, EncodedDataset]
+) -> dict[str, dict[str, Any]]:
+    """The base model's perplexity on each evaluation split (fp32, no grad), merged into
+    the final metrics as `perplexity_before` beside `perplexity_after`."""
+    out = {}
+    for split, data in encoded.items():
+        if split == "train" or len(data) == 0:
+            continue
+        m = evaluate(data)
+        out[split] = {"perplexity_before": m["perplexity"], "loss_before": m["loss"]}
+    return out
+
+
+def reference_blocks(task: Any, processor: Any, reference: str | None) -> EncodedDataset:
+    """General English (finekit's reference or the user's file) as evaluation blocks of
+    `task`'s own encoding; not counted as a data split."""
+    texts, _ = reference_sentences(reference)
+    df = pd.DataFrame({task.text_column: ["\n".join(texts)]})
+    data: EncodedDataset = task.encode(df, processor, "reference")
+    task.counts.pop("reference", None)
+    return data
+
+
+def perplexity_report(run: dict[str, Any], general_key: str, note: str) -> list[ReportSection]:
+    """Perplexity before/after per split and on general English."""
+    rows = []
+    for split, m in (run.get("metrics") or {}).items():
+        if "perplexity_before" in m:
+            b, a = m["perplexity_before"], m.get("perplexity_after", m.get("perplexity"))
+            rows.append([split, _fmt(b), _fmt(a), _change(b, a)])
+    ret = run.get("retention") or {}
+    if f"{general_key}_before" in ret:
+        b, a = ret[f"{general_key}_before"], ret[f"{general_key}_after"]
+        rows.append(["general English (reference)", _fmt(b), _fmt(a), _change(b, a)])
+    if not rows:
+        return []
+    data = run.get("data") or {}
+    text = (
+        f"{note} Blocks of {data.get('block_size')} tokens. Lower is better: the domain split "
+        "should fall; a large rise on general English is forgetting."
+    )
+    return [
+        ReportSection(
+            "Perplexity before and after",
+            [Table(["text", "before", "after", "change"], rows), Text(text, "muted")],
+        )
+    ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,17 +30,25 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from finekit.core.contracts import Batch, EncodedDataset, HeadSpec
+from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, ReportSection
+from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError
 from finekit.evaluate.retention import pseudo_perplexity, reference_sentences, special_frame
 from finekit.recipe import Recipe, TaskConfig
 from finekit.tasks.lm.causal import (
     IGNORE,
-    CausalLMTask,
+    METRICS,
     cap_blocks,
+    check_corpus,
     cut_blocks,
     lm_metrics,
     pad_token_id,
+    perplexity_before,
+    perplexity_report,
+    prepare_corpus,
+    reference_blocks,
+    tokenize,
+    trained_blocks,
 )
 
 
@@ -67,22 +76,43 @@ class MaskedLMConfig(TaskConfig):
     top_k: int = Field(5, ge=1, le=100)
 
 
-class MaskedLMTask(CausalLMTask):
+class MaskedLMTask:
     """Masked-token prediction on plain text (masked-lm head). Reading, hold-outs, token
-    counts and the before/after report are `causal_lm`'s; blocks, masking, loss and
-    retention are its own."""
+    counts and the before/after report are the LM functions `causal_lm` uses too; blocks,
+    masking, loss and retention are its own."""
 
     name = "masked_lm"
+    size_unit = "training token blocks"
+    metric_names: tuple[str, ...] = METRICS
     general_key = "general_pseudo_perplexity"
     perplexity_note = (
         "Perplexity = exp(mean NLL on the masked tokens), the same seeded masks before and "
         "after; general English: pseudo-perplexity (every token masked in turn)."
     )
 
-    def __init__(self, config: MaskedLMConfig) -> None:  # type: ignore[override]
-        super().__init__(config)  # type: ignore[arg-type]
-        self.config: MaskedLMConfig = config  # type: ignore[assignment]
+    def __init__(self, config: MaskedLMConfig) -> None:
+        self.config = config
+        self.text_column = "text"
+        self.seed = 42
+        self.max_train_blocks: int | None = None
+        self.counts: dict[str, dict[str, int]] = {}  # split -> documents/tokens/blocks
         self._masker: Any = None
+
+    def encoding_record(self) -> dict[str, Any]:
+        return {}  # blocks are cut, not truncated; the counts are in `data.tokens`
+
+    def forget_split(self, split: str) -> None:
+        self.counts.pop(split, None)
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
+        self.text_column = recipe.data.text_column
+        self.seed = recipe.training.seed
+        self.max_train_blocks = recipe.data.max_train_samples
+        return prepare_corpus(self, splits, recipe)
+
+    def train_size(self, info: dict[str, Any]) -> int | None:
+        return trained_blocks(info)
 
     def head(self) -> HeadSpec:
         return HeadSpec(kind="masked-lm")
@@ -100,7 +130,7 @@ class MaskedLMTask(CausalLMTask):
         if inner < 2:
             raise DataError(f"task.block_size={self.config.block_size} leaves no room for text")
         texts = [t for t in df[self.text_column].fillna("").astype(str).tolist() if t.strip()]
-        docs = self._tokenize(processor, texts)
+        docs = tokenize(processor, texts)
         pieces, dropped = cut_blocks(
             docs,
             inner,
@@ -200,10 +230,37 @@ class MaskedLMTask(CausalLMTask):
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         return lm_metrics(outputs)  # perplexity here = exp(mean NLL on masked tokens)
 
+    def artifacts(
+        self,
+        outputs: dict[str, torch.Tensor],
+        out_dir: Path,
+        split: str,
+        rows: pd.DataFrame | None = None,
+    ) -> list[str]:
+        return []  # eval/<split>.json already holds the numbers
+
+    # ------------------------------------------------------------------ before
+    def baseline(
+        self, model: nn.Module, processor: Any, encoded: dict[str, EncodedDataset], batch_size: int
+    ) -> dict[str, dict[str, Any]]:
+        """The base model's perplexity on the masked tokens of each evaluation split."""
+        return perplexity_before(
+            lambda d: self.evaluate_blocks(model, processor, d, batch_size), encoded
+        )
+
+    def evaluate_blocks(
+        self, model: nn.Module, processor: Any, data: EncodedDataset, batch_size: int
+    ) -> dict[str, Any]:
+        from finekit.evaluate.runner import run_outputs
+
+        return self.metrics(run_outputs(self, model, data, self.collator(processor), batch_size))
+
+    def fisher_data(self, processor: Any, recipe: Recipe) -> EncodedDataset:
+        """EWC's reference set (`training.ewc`): general English, the skill to keep."""
+        return reference_blocks(self, processor, recipe.evaluation.retention_reference)
+
     # ------------------------------------------------------------------ retention
-    def retention(  # type: ignore[override]
-        self, model: nn.Module, processor: Any, recipe: Recipe
-    ) -> PseudoPerplexity:
+    def retention(self, model: nn.Module, processor: Any, recipe: Recipe) -> PseudoPerplexity:
         """Forgetting of general English: pseudo-perplexity on finekit's reference."""
         return PseudoPerplexity(
             model,
@@ -214,6 +271,16 @@ class MaskedLMTask(CausalLMTask):
         )
 
     # ------------------------------------------------------------------ inference
+    def read_inputs(self, df: pd.DataFrame, source: str, with_labels: bool = False) -> pd.DataFrame:
+        check_corpus(df, source, self.text_column)
+        return df
+
+    def report_sections(
+        self, run_dir: Path, recipe: Recipe, run: dict[str, Any]
+    ) -> list[ReportSection]:
+        """Perplexity on masked tokens before/after; general-English pseudo-perplexity."""
+        return perplexity_report(run, self.general_key, self.perplexity_note)
+
     @torch.no_grad()
     def predict(
         self, model: nn.Module, processor: Any, rows: pd.DataFrame, batch_size: int
