@@ -165,3 +165,16 @@ def test_the_architecture_diagram_is_the_code_s() -> None:
     tool = runpy.run_path(str(ROOT / "docs" / "tools" / "layers.py"))
     doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     assert tool["mermaid"]() in doc
+
+
+def test_no_task_inherits_from_another() -> None:
+    """Tasks share functions, not base classes (a subclass inherits behaviour it never
+    asked for, e.g. text helpers on an image task)."""
+    found = []
+    for f in sorted((SRC / "tasks").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Task"):
+                bases = [ast.unparse(b) for b in node.bases]
+                if any(b.endswith("Task") for b in bases):
+                    found.append(f"{f.relative_to(ROOT)}: {node.name}({', '.join(bases)})")
+    assert found == []
