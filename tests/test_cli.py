@@ -179,3 +179,10 @@ def test_compare_and_report_from_the_command_line(
     err = capsys.readouterr().err
     assert "unknown rung 'sratch'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from finekit import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"finekit {__version__}"

@@ -22,6 +22,24 @@ app = typer.Typer(
     help="Fine-tune pre-trained models for one task with little data.",
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from finekit.version import __version__
+
+        typer.echo(f"finekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Fine-tune pre-trained models for one task with little data."""
+
+
 SetOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 (typer needs Optional here on 3.10)
     typer.Option("--set", "-s", help="Override a recipe field: --set training.lr=3e-5"),
