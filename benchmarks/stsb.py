@@ -61,7 +61,7 @@ def main() -> None:
     result = compare(recipe, args.against, "full", args.seeds, args.output, min_steps=0)
     table = {}
     for cell in result["cells"]:
-        runs = [json.loads((Path(d) / "run.json").read_text()) for d in cell["runs"]]
+        runs = [json.loads((Path(args.output) / d / "run.json").read_text()) for d in cell["runs"]]
         per = {m: [r["metrics"]["test"][m] for r in runs] for m in ("spearman", "pearson", "rmse")}
         table[cell["rung"]] = {
             "test": {m: {"mean": sum(v) / len(v), "values": v} for m, v in per.items()},
