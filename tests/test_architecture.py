@@ -178,3 +178,21 @@ def test_no_task_inherits_from_another() -> None:
                 if any(b.endswith("Task") for b in bases):
                     found.append(f"{f.relative_to(ROOT)}: {node.name}({', '.join(bases)})")
     assert found == []
+
+
+def test_a_method_missing_part_of_the_contract_is_named_when_built() -> None:
+    from finekit.core.contracts import METHODS
+    from finekit.methods.base import build_method, register_method
+    from finekit.recipe import MethodConfig
+
+    class Apply:  # no export, no callbacks/schedule_steps
+        def __init__(self, config: MethodConfig) -> None:
+            self.config = config
+
+        def apply(self, model, ctx):  # noqa: ANN001, ANN201
+            return model
+
+    if "apply_only" not in METHODS:
+        register_method("apply_only", MethodConfig, Apply)
+    with pytest.raises(RegistryError, match=r"'apply_only' does not implement .*callbacks.*export"):
+        build_method(MethodConfig(name="apply_only"))

@@ -135,3 +135,15 @@ def test_a_constant_target_is_refused(regress_recipe: Recipe, tmp_path: Path) ->
     flat.to_csv(tmp_path / "flat.csv", index=False)
     with pytest.raises(DataError, match="at least two different values"):
         finetune(regress_recipe.with_overrides({"data.train": str(tmp_path / "flat.csv")}))
+
+
+def test_a_task_change_takes_the_new_task_s_default_metric(regress_recipe: Recipe) -> None:
+    as_classify = regress_recipe.with_overrides({"task": "classify"})
+    assert as_classify.evaluation.metric == "accuracy"
+    assert as_classify.with_overrides({"task": "regress"}).evaluation.metric == "rmse"
+    # A metric the user named stays (and a task without it says so when the run starts).
+    chosen = regress_recipe.with_overrides({"evaluation.metric": "spearman"})
+    assert (
+        chosen.with_overrides({"task": {"name": "regress", "loss": "huber"}}).evaluation.metric
+        == "spearman"
+    )

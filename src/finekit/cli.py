@@ -22,6 +22,7 @@ app = typer.Typer(
     help="Fine-tune pre-trained models for one task with little data.",
 )
 
+
 def _version(value: bool) -> None:
     if value:
         from finekit.version import __version__

@@ -41,9 +41,13 @@ def load_plugins() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for name in BUILTIN:
-        importlib.import_module(name)
+    _loaded = True  # set first: plug-ins register into the registries that call this
+    try:
+        for name in BUILTIN:
+            importlib.import_module(name)
+    except BaseException:
+        _loaded = False  # a failed import is reported again, not a half-filled registry
+        raise
     for ep in entry_points(group="finekit.plugins"):
         try:
             ep.load()

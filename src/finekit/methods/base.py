@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
 from finekit.core.contracts import METHODS, HeadSpec, MethodEntry
+from finekit.errors import RegistryError
 from finekit.models.base import LayerGroups, ModelFamily
 from finekit.recipe import MethodConfig
 
@@ -28,6 +29,7 @@ class MethodContext:
     model_type: str | None = None  # e.g. "bert" (HF config.model_type), for per-arch defaults
 
 
+@runtime_checkable
 class Method(Protocol):
     @property
     def config(self) -> MethodConfig: ...
@@ -91,7 +93,16 @@ def register_method(
 
 
 def build_method(config: MethodConfig) -> Method:
-    method: Method = METHODS.get(config.name).factory(config)
+    """The registered method for a recipe's `method` section; a plug-in that lacks part of
+    the contract is named here, before the run directory exists."""
+    method = METHODS.get(config.name).factory(config)
+    if not isinstance(method, Method):
+        core = [m for m in (*Method.__annotations__, *vars(Method)) if not m.startswith("_")]
+        missing = sorted({m for m in core if m not in dir(method)})
+        raise RegistryError(
+            f"method {config.name!r} does not implement {', '.join(missing)} (methods that "
+            "change nothing while training can inherit finekit.methods.base.Unscheduled)"
+        )
     return method
 
 

@@ -52,9 +52,11 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Merge `update` into a copy of `base`; nested dicts merge, other values replace.
 
     A task/method `name` change replaces the whole section (options of one method mean
-    nothing to another).
+    nothing to another); with a task change, an `evaluation.metric` that was the old task's
+    default goes too, so the new task's default applies.
     """
     out = copy.deepcopy(base)
+    _drop_old_default_metric(out, update)
     for key, value in update.items():
         if isinstance(value, str) and key in ("task", "method"):
             value = {"name": value}
@@ -70,6 +72,25 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _task_name(section: Any) -> Any:
+    return section.get("name") if isinstance(section, dict) else section
+
+
+def _drop_old_default_metric(out: dict[str, Any], update: dict[str, Any]) -> None:
+    old, new = _task_name(out.get("task")), _task_name(update.get("task"))
+    ev, asked = out.get("evaluation"), update.get("evaluation")
+    if new is None or new == old or not isinstance(ev, dict) or "metric" not in ev:
+        return
+    if isinstance(asked, dict) and "metric" in asked:
+        return  # the update names the metric itself
+    try:
+        default = section_registry("task").get(old or "classify").config_cls.default_metric
+    except RegistryError:
+        return
+    if ev["metric"] == default:
+        out["evaluation"] = {k: v for k, v in ev.items() if k != "metric"}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

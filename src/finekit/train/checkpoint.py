@@ -189,6 +189,8 @@ def load_checkpoint(
     if missing:
         raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); {_instead(path)}")
     state = _read(path, WEIGHTS, lambda f: load_file(str(f)))
+    if engine:  # the weights are sharded too: accelerate's load_state restores them
+        state = {}
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:

@@ -112,6 +112,7 @@ class ChatConfig(TaskConfig):
     style: StyleSpec = Field(default_factory=StyleSpec)
 
     generates: ClassVar[bool] = True
+    default_metric: ClassVar[str] = "loss"  # on assistant tokens
 
     def check(self, recipe: Recipe) -> None:
         # Packed conversations are kept apart by their position_ids.

@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import pandas as pd
 import torch
@@ -46,6 +46,8 @@ class CausalLMConfig(TaskConfig):
     """Options of `causal_lm`."""
 
     name: str = "causal_lm"
+
+    default_metric: ClassVar[str] = "perplexity"
 
     def length_fields(self) -> dict[str, int]:
         return {"task.block_size": self.block_size}

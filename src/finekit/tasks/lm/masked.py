@@ -22,7 +22,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -56,6 +56,8 @@ class MaskedLMConfig(TaskConfig):
     """Options of `masked_lm`."""
 
     name: str = "masked_lm"
+
+    default_metric: ClassVar[str] = "perplexity"  # on the masked tokens
 
     def length_fields(self) -> dict[str, int]:
         return {"task.block_size": self.block_size}
