@@ -17,7 +17,7 @@ from finekit.core.contracts import HeadSpec
 from finekit.models import family_for
 from finekit.models.base import LoadedModel
 from finekit.recipe import ModelSpec
-from finekit.tasks.lm.causal import CausalLMConfig, CausalLMTask
+from finekit.tasks.lm.causal import CausalLMConfig, CausalLMTask, evaluate_blocks
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,6 @@ def test_perplexity_on_shakespeare_is_that_of_an_english_lm(smollm2: LoadedModel
     lines = _shakespeare_file().read_text(encoding="utf-8").splitlines()[:20]
     task = CausalLMTask(CausalLMConfig(block_size=256))
     data = task.encode(pd.DataFrame({"text": ["\n".join(lines)]}), smollm2.processor, "test")
-    m = task.evaluate_blocks(smollm2.model, smollm2.processor, data, batch_size=4)
+    m = evaluate_blocks(task, smollm2.model, smollm2.processor, data, batch_size=4)
     assert m["tokens"] > 50
     assert math.isfinite(m["perplexity"]) and m["perplexity"] < 200, m

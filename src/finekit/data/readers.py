@@ -219,3 +219,21 @@ def looks_like_images(data: Any) -> bool:
     if not p.is_dir() or any((p / m).exists() for m in hf_markers):
         return False
     return not is_text_folder(p)
+
+
+def require_columns(df: pd.DataFrame, source: str, fields: dict[str, str]) -> None:
+    """Each column of `fields` (column -> the recipe field that names it) is present and
+    has no empty cell; a DataError names the file, the column, the field and the rows."""
+    for col, field in fields.items():
+        if col not in df.columns:
+            raise DataError(
+                f"{source}: no column {col!r} (set {field}); columns are "
+                f"{[str(c) for c in df.columns]}"
+            )
+        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+        if empty.any():
+            rows = (empty.to_numpy().nonzero()[0][:5] + 1).tolist()
+            raise DataError(
+                f"{source}: column {col!r} is empty in {int(empty.sum())} row(s) "
+                f"(data rows {rows}, 1-based, header not counted); fill or drop them"
+            )

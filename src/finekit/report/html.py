@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from finekit.core.contracts import Bullets, Figure, Heading, Table, Text
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
 max-width:1100px;padding:1.2rem 1.6rem;color:#1b1f24;line-height:1.45}
@@ -112,8 +114,6 @@ def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
 
 def render(blocks: Sequence[Any], run_dir: Path) -> str:
     """HTML of a task's report data (`finekit.core.contracts` blocks), escaped."""
-    from finekit.core.contracts import Bullets, Figure, Heading, Table, Text
-
     parts = []
     for b in blocks:
         if isinstance(b, Text):

@@ -188,9 +188,8 @@ def load_checkpoint(
     missing = [f for f in need if not (path / f).is_file()]
     if missing:
         raise RunDirError(f"checkpoint {path} is incomplete (missing {missing}); {_instead(path)}")
-    state = _read(path, WEIGHTS, lambda f: load_file(str(f)))
-    if engine:  # the weights are sharded too: accelerate's load_state restores them
-        state = {}
+    # Sharded (engine) checkpoints: accelerate's load_state restores the sharded weights.
+    state = {} if engine else _read(path, WEIGHTS, lambda f: load_file(str(f)))
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -23,8 +22,8 @@ from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared, Re
 from finekit.data.augment import resolve_augment
 from finekit.data.augment.features import FeatureMixup
 from finekit.data.augment.text import EdaSettings, eda, example_rng
+from finekit.data.readers import require_columns
 from finekit.data.splits import Splits
-from finekit.errors import DataError
 from finekit.recipe import Recipe
 from finekit.tasks.classify.common import (
     as_label,
@@ -100,25 +99,12 @@ class ClassifyTask:
         return Prepared(splits=out, info={**({"augment": augment} if augment else {}), **info})
 
     def _check(self, df: pd.DataFrame, source: str, with_labels: bool) -> None:
-        needed = [self.text_column] + ([self.pair_column] if self.pair_column else [])
-        if with_labels:
-            needed.append(self.label_column)
-        fields = {self.text_column: "data.text_column", self.label_column: "data.label_column"}
+        fields = {self.text_column: "data.text_column"}
         if self.pair_column:
             fields[self.pair_column] = "data.text_pair_column"
-        for col in needed:
-            if col not in df.columns:
-                raise DataError(
-                    f"{source}: no column {col!r} (set {fields[col]}); columns are "
-                    f"{[str(c) for c in df.columns]}"
-                )
-            empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
-            if empty.any():
-                rows = (np.flatnonzero(empty.to_numpy())[:5] + 1).tolist()
-                raise DataError(
-                    f"{source}: column {col!r} is empty in {int(empty.sum())} row(s) "
-                    f"(data rows {rows}, 1-based, header not counted); fill or drop them"
-                )
+        if with_labels:
+            fields[self.label_column] = "data.label_column"
+        require_columns(df, source, fields)
 
     size_unit = "training examples"
 

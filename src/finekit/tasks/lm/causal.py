@@ -164,17 +164,7 @@ class CausalLMTask:
         self, model: nn.Module, processor: Any, encoded: dict[str, EncodedDataset], batch_size: int
     ) -> dict[str, dict[str, Any]]:
         """The base model's perplexity on each evaluation split (`perplexity_before`)."""
-        return perplexity_before(
-            lambda d: self.evaluate_blocks(model, processor, d, batch_size), encoded
-        )
-
-    def evaluate_blocks(
-        self, model: nn.Module, processor: Any, data: EncodedDataset, batch_size: int
-    ) -> dict[str, Any]:
-        """Perplexity/loss/tokens of `model` on encoded blocks, on the model's device."""
-        from finekit.evaluate.runner import run_outputs
-
-        return self.metrics(run_outputs(self, model, data, self.collator(processor), batch_size))
+        return perplexity_before(self, model, processor, encoded, batch_size)
 
     def retention(
         self, model: nn.Module, processor: Any, recipe: Recipe
@@ -327,7 +317,7 @@ class GeneralPerplexity:
 
     def _score(self, model: nn.Module) -> float:
         return float(
-            self.task.evaluate_blocks(model, self.processor, self.data, self.batch_size)[
+            evaluate_blocks(self.task, model, self.processor, self.data, self.batch_size)[
                 "perplexity"
             ]
         )
@@ -618,8 +608,24 @@ def tokenize(processor: Any, texts: list[str]) -> list[list[int]]:
         transformers.logging.set_verbosity(verbosity)
 
 
+def evaluate_blocks(
+    task: Any, model: nn.Module, processor: Any, data: EncodedDataset, batch_size: int
+) -> dict[str, Any]:
+    """An LM task's perplexity/loss/tokens of `model` on encoded blocks, on its device."""
+    from finekit.evaluate.runner import run_outputs
+
+    metrics: dict[str, Any] = task.metrics(
+        run_outputs(task, model, data, task.collator(processor), batch_size)
+    )
+    return metrics
+
+
 def perplexity_before(
-    evaluate: Callable[[EncodedDataset], dict[str, Any]], encoded: dict[str, EncodedDataset]
+    task: Any,
+    model: nn.Module,
+    processor: Any,
+    encoded: dict[str, EncodedDataset],
+    batch_size: int,
 ) -> dict[str, dict[str, Any]]:
     """The base model's perplexity on each evaluation split (fp32, no grad), merged into
     the final metrics as `perplexity_before` beside `perplexity_after`."""
@@ -627,7 +633,7 @@ def perplexity_before(
     for split, data in encoded.items():
         if split == "train" or len(data) == 0:
             continue
-        m = evaluate(data)
+        m = evaluate_blocks(task, model, processor, data, batch_size)
         out[split] = {"perplexity_before": m["perplexity"], "loss_before": m["loss"]}
     return out
 

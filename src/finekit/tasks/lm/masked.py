@@ -246,16 +246,7 @@ class MaskedLMTask:
         self, model: nn.Module, processor: Any, encoded: dict[str, EncodedDataset], batch_size: int
     ) -> dict[str, dict[str, Any]]:
         """The base model's perplexity on the masked tokens of each evaluation split."""
-        return perplexity_before(
-            lambda d: self.evaluate_blocks(model, processor, d, batch_size), encoded
-        )
-
-    def evaluate_blocks(
-        self, model: nn.Module, processor: Any, data: EncodedDataset, batch_size: int
-    ) -> dict[str, Any]:
-        from finekit.evaluate.runner import run_outputs
-
-        return self.metrics(run_outputs(self, model, data, self.collator(processor), batch_size))
+        return perplexity_before(self, model, processor, encoded, batch_size)
 
     def fisher_data(self, processor: Any, recipe: Recipe) -> EncodedDataset:
         """EWC's reference set (`training.ewc`): general English, the skill to keep."""

@@ -18,6 +18,7 @@ from sklearn.model_selection import KFold
 from torch import nn
 
 from finekit.core.contracts import Batch, EncodedDataset, HeadSpec, Prepared
+from finekit.data.readers import require_columns
 from finekit.data.splits import Splits
 from finekit.errors import DataError, RecipeError
 from finekit.recipe import Recipe
@@ -105,19 +106,7 @@ class RegressTask:
             fields[self.pair_column] = "data.text_pair_column"
         if with_target:
             fields[self.target_column] = "data.label_column"
-        for col, field in fields.items():
-            if col not in df.columns:
-                raise DataError(
-                    f"{source}: no column {col!r} (set {field}); columns are "
-                    f"{[str(c) for c in df.columns]}"
-                )
-            empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
-            if empty.any():
-                rows = (np.flatnonzero(empty.to_numpy())[:5] + 1).tolist()
-                raise DataError(
-                    f"{source}: column {col!r} is empty in {int(empty.sum())} row(s) "
-                    f"(data rows {rows}, 1-based, header not counted); fill or drop them"
-                )
+        require_columns(df, source, fields)
         if not with_target:
             return df
         values = pd.to_numeric(df[self.target_column], errors="coerce")
