@@ -97,6 +97,9 @@ def tiny_recipe(tiny_model_dir: Path, toy_data: dict[str, Path], tmp_path: Path)
             "model": str(tiny_model_dir),
             "data": {"train": str(toy_data["train"]), "test": str(toy_data["test"])},
             "training": {
+                # The fixed defaults: tests of the loop's behaviour (evaluation per epoch, no
+                # early stopping) must not move with the `auto` rules (tests/test_auto.py).
+                "auto": False,
                 "epochs": 6,
                 "batch_size": 8,
                 "lr": 1e-3,

@@ -330,6 +330,15 @@ class ReadsFiles(Protocol):
     def read_file(self, path: str, hf_split: str | None) -> pd.DataFrame: ...
 
 
+@runtime_checkable
+class MeasuresInputs(Protocol):
+    """Token-sequence inputs: the length of each example in tokens, untruncated, as the
+    task will feed it to the model (special tokens, pairs, chat templates included). The
+    `auto` rules size training.max_length by these."""
+
+    def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]: ...
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """Which optional capabilities a task has: each field is the task itself (typed as
@@ -345,6 +354,7 @@ class Capabilities:
     explain: Explains | None
     report_sections: HasReportSections | None
     files: ReadsFiles | None
+    lengths: MeasuresInputs | None
 
 
 CAPABILITIES: dict[str, type] = {
@@ -358,6 +368,7 @@ CAPABILITIES: dict[str, type] = {
     "explain": Explains,
     "report_sections": HasReportSections,
     "files": ReadsFiles,
+    "lengths": MeasuresInputs,
 }
 
 

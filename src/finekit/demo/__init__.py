@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finekit.recipe import Recipe
+from finekit.recipe.auto import concrete
 
 if TYPE_CHECKING:
     from finekit.run import FinetuneResult
@@ -78,7 +79,8 @@ def run_demo(output_dir: str | None = None, echo: Callable[[str], Any] = print) 
     ft.summary["demo_seconds"] = time.perf_counter() - t0
     echo("[scratch] training (random init, same budget) ...")
     t0 = time.perf_counter()
-    heads = [(f"head_lr-{h:g}", h) for h in (base.training.head_lr, SCRATCH_HEAD_LR) if h]
+    own = concrete(base.training.head_lr, "training.head_lr")
+    heads = [(f"head_lr-{h:g}", h) for h in (own, SCRATCH_HEAD_LR) if h]
     sc = _scratch_on_validation(base, root / "scratch", heads, echo)
     sc.summary["demo_seconds"] = time.perf_counter() - t0
     results = {"finetuned": ft, "scratch": sc}

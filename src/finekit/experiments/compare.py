@@ -19,6 +19,7 @@ from typing import Any
 
 from finekit.errors import DataError, RecipeError, RunDirError
 from finekit.recipe import Recipe
+from finekit.recipe.auto import AUTO, auto_fields, concrete, with_fallbacks
 from finekit.rundir import RECIPE, is_run_dir, read_json, recipe_diff, write_json
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def _scratch_head_grid(r: Recipe) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _fast_head_lr(r: Recipe) -> float:
-    return max(r.training.head_lr or r.training.lr * 10, PROBE_LR)
+    head = concrete(r.training.head_lr)
+    return max(head or concrete(r.training.lr) * 10, PROBE_LR)
 
 
 def _probe_training(r: Recipe) -> dict[str, Any]:
@@ -150,10 +152,11 @@ def parse_rungs(text: str, recipe: Recipe) -> list[str]:
 def cell_epochs(recipe: Recipe, n_train: int, min_steps: int) -> float:
     """The recipe's epochs, raised so that small sizes still get `min_steps` optimizer
     steps (4 epochs of 80 examples would be ~10 steps: an untrained, not a fair, rung)."""
-    per_step = recipe.training.batch_size * recipe.training.grad_accum
+    per_step = concrete(recipe.training.batch_size) * recipe.training.grad_accum
+    epochs = concrete(recipe.training.epochs, "training.epochs")
     if n_train <= 0 or min_steps <= 0:
-        return recipe.training.epochs
-    return max(recipe.training.epochs, math.ceil(min_steps * per_step / n_train))
+        return epochs
+    return max(epochs, math.ceil(min_steps * per_step / n_train))
 
 
 def rung_recipe(
@@ -169,11 +172,20 @@ def rung_recipe(
 ) -> Recipe:
     """The recipe of one cell of the ladder (`extra`: one tuning candidate's training
     overrides)."""
-    epochs = cell_epochs(recipe, n_train, min_steps)
+    cell = _cell(recipe, rung, size, seed, out, classes)
+    if rung == "recipe" and cell.training.epochs == AUTO:
+        return cell  # `auto` sizes the schedule itself (a floor of 300 steps)
+    if auto_fields(cell):
+        # The baselines are defined relative to the recipe's numbers (scratch: 2x epochs, a
+        # higher rate...): resolve them on this cell's data first.
+        from finekit.run.stages import resolve_auto
+
+        cell = resolve_auto(cell).recipe
+    epochs = cell_epochs(cell, n_train, min_steps)
     upd0: dict[str, Any] = {"training.epochs": epochs}
     if epochs > 10 and n_train > 0:
         # Many short epochs: validate/checkpoint ~10 times per run, not every epoch.
-        per_step = recipe.training.batch_size * recipe.training.grad_accum
+        per_step = concrete(cell.training.batch_size) * cell.training.grad_accum
         steps = math.ceil(epochs * math.ceil(n_train / per_step))
         every = max(1, math.ceil(steps / 10))
         upd0.update(
@@ -183,7 +195,20 @@ def rung_recipe(
                 "training.checkpoint_each_epoch": False,
             }
         )
-    recipe = recipe.with_overrides(upd0)
+    cell = cell.with_overrides(upd0)
+    if rung == "recipe":
+        return cell
+    spec = RUNGS[rung]
+    upd: dict[str, Any] = {"method": spec.method, "model.init": spec.init}
+    for k, v in {**spec.training(cell), **(extra or {})}.items():
+        upd[f"training.{k}"] = v
+    return cell.with_overrides(upd)
+
+
+def _cell(
+    recipe: Recipe, rung: str, size: int | str, seed: int, out: Path, classes: bool
+) -> Recipe:
+    """The recipe at one size and seed, into `out`."""
     upd: dict[str, Any] = {
         "training.seed": seed,
         "output.dir": str(out),
@@ -197,12 +222,6 @@ def rung_recipe(
     else:
         upd["data.k_per_class"] = None
         upd["data.max_train_samples"] = None
-    if rung != "recipe":
-        spec = RUNGS[rung]
-        upd["method"] = spec.method
-        upd["model.init"] = spec.init
-        for k, v in {**spec.training(recipe), **(extra or {})}.items():
-            upd[f"training.{k}"] = v
     return recipe.with_overrides(upd)
 
 
@@ -248,7 +267,7 @@ def check_sizes(
             break
         task = build_task(recipe.task)
         prepared = task.prepare(
-            read_splits(base.data), base.with_overrides({"training.seed": seed})
+            read_splits(base.data), with_fallbacks(base.with_overrides({"training.seed": seed}))
         )
         unit = task.size_unit
         counts_s: dict[str, int] = prepared.info.get("train_class_counts", {})

@@ -16,6 +16,13 @@ from finekit.recipe import MethodConfig
 class BitFitConfig(MethodConfig):
     name: str = "bitfit"
 
+    def auto_lr(self, task_lr: float) -> tuple[float, str, str] | None:
+        return (
+            1e-3,
+            "BitFit trains only the biases: rates of 1e-4..1e-3, the large end on small sets",
+            "Ben Zaken et al. 2022",
+        )
+
 
 class BitFit(PlainExport):
     def __init__(self, config: BitFitConfig) -> None:

@@ -24,6 +24,13 @@ class IA3Config(MethodConfig):
     feedforward_modules: list[str] | None = None
     init_ia3_weights: bool = Field(True)  # start at identity: the base model's outputs
 
+    def auto_lr(self, task_lr: float) -> tuple[float, str, str] | None:
+        return (
+            3e-3,
+            "IA3 learns only rescaling vectors: a rate of 3e-3",
+            "Liu et al. 2022 (T-Few)",
+        )
+
 
 class IA3(Lora):
     """Shares LoRA's export (adapter + merged model); only `apply` differs."""

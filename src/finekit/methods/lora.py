@@ -40,6 +40,15 @@ class LoraConfig(MethodConfig):
     use_dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024)
     use_rslora: bool = False  # rank-stabilised scaling alpha/sqrt(r)
 
+    def auto_lr(self, task_lr: float) -> tuple[float, str, str] | None:
+        # Adapters start at zero and are few: they take ~10x a full fine-tune's rate.
+        return (
+            max(2e-4, min(10 * task_lr, 5e-4)),
+            f"LoRA adapters train at ~10x the full fine-tuning rate ({task_lr:g}), within "
+            "2e-4..5e-4",
+            "Hu et al. 2021 (2e-4..5e-4 for RoBERTa/GPT-2); recipes/support-bot.yaml (2e-4)",
+        )
+
 
 DEFAULT_RANK = {"causal-lm": 16}  # head kind -> rank when method.r is not set (else 8)
 

@@ -37,12 +37,20 @@ class PromptTuningConfig(MethodConfig):
 
     def advice(self, recipe: Recipe) -> list[str]:
         # Soft prompts learn at 1e-2..3e-1 (Lester et al. 2021); at encoder rates they barely move.
-        if recipe.training.lr < 1e-3:
+        lr = recipe.training.lr
+        if isinstance(lr, float) and lr < 1e-3:  # `auto` picks auto_lr's rate
             return [
-                f"method prompt_tuning with training.lr={recipe.training.lr:g}: soft prompts "
+                f"method prompt_tuning with training.lr={lr:g}: soft prompts "
                 "need ~1e-2 to 3e-1; set training.lr"
             ]
         return []
+
+    def auto_lr(self, task_lr: float) -> tuple[float, str, str] | None:
+        return (
+            3e-2,
+            "prompt tuning trains only the soft prompt (and head): rates of 1e-2..3e-1",
+            "Lester et al. 2021 (0.3 with Adafactor); PEFT's prompt-tuning guide (3e-2, AdamW)",
+        )
 
     # Prompt length: Lester et al. found 20 tokens close to the best for large models; more
     # helps small models a little. Each virtual token lengthens every sequence by one.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,10 @@ from pydantic import (
 
 from finekit.data.readers import HF_SPLITS  # split names inside an HF DatasetDict
 from finekit.errors import RecipeError, RegistryError
+from finekit.recipe.auto import AUTO, Auto
+
+if TYPE_CHECKING:
+    from finekit.recipe.auto import Proposals
 from finekit.recipe.io import (
     apply_overrides,
     deep_merge,
@@ -114,6 +118,10 @@ class TaskConfig(Section):
         field (e.g. {"task.block_size": 256}); each is checked against the model."""
         return {}
 
+    def auto_defaults(self, p: Proposals) -> None:
+        """The task's rules for the `auto` fields (`p.propose(field, value, reason,
+        source)`; recipe/auto.py has the shared ones). None here: the fixed defaults."""
+
 
 class MethodConfig(Section):
     """Base of method sections; each method registers a subclass with its own options."""
@@ -126,6 +134,11 @@ class MethodConfig(Section):
     def advice(self, recipe: Recipe) -> list[str]:
         """Warnings about settings that are legal but unlikely to work with this method."""
         return []
+
+    def auto_lr(self, task_lr: float) -> tuple[float, str, str] | None:
+        """(lr, reason, source) where this method trains best at another rate than the
+        task's rule for full fine-tuning (`task_lr`); None keeps the task's."""
+        return None
 
 
 # --------------------------------------------------------------------------- data
@@ -265,13 +278,20 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 class TrainingSpec(Section):
     """How the loop trains. Defaults follow BERT-style fine-tuning practice."""
 
-    epochs: float = Field(3.0, gt=0)  # 2-4 for thousands of examples; more for few-shot
+    # `auto` (the default of the fields so marked): chosen per run from the data, the model
+    # and the task, each choice with its reason in run.json `auto` (recipe/auto.py); false =
+    # every `auto` field at the fixed HF-Trainer/BERT default (auto.FALLBACK).
+    auto: bool = True
+    # auto: a floor of optimizer steps for small sets, a few epochs for large ones.
+    epochs: Annotated[float, Field(gt=0)] | Auto = AUTO
     max_steps: int | None = Field(None, ge=1)  # overrides epochs when set (optimizer steps)
-    batch_size: int = Field(32, ge=1)  # per device, before accumulation
+    batch_size: Annotated[int, Field(ge=1)] | Auto = AUTO  # per device, before accumulation
     eval_batch_size: int = Field(64, ge=1)
-    lr: float = Field(5e-5, gt=0, le=1.0)  # 2e-5..1e-4 for full fine-tuning of encoders
+    # auto: by the task, the model's size and the method (2e-5..1e-4 for full fine-tuning
+    # of encoders, ~2e-4 for LoRA).
+    lr: Annotated[float, Field(gt=0, le=1.0)] | Auto = AUTO
     # The new, randomly initialised head learns faster with a higher rate (None = same as lr).
-    head_lr: float | None = Field(None, gt=0, le=1.0)
+    head_lr: Annotated[float, Field(gt=0, le=1.0)] | Auto | None = AUTO
     # Layer-wise LR decay: each block down from the top trains at this factor of the one
     # above (0.8-0.95 is usual); None = one rate for the whole body.
     layer_decay: float | None = Field(None, gt=0, le=1.0)
@@ -282,7 +302,7 @@ class TrainingSpec(Section):
     ewc: float | None = Field(None, gt=0)
     ewc_batches: int = Field(16, ge=1)  # reference batches the Fisher is estimated on
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of optimizer steps
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = AUTO  # share of steps
     weight_decay: float = Field(0.01, ge=0.0)  # AdamW; never applied to norms and biases
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
@@ -290,14 +310,15 @@ class TrainingSpec(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
     seed: int = 42
     precision: Precision = "auto"  # auto: bf16 where the CPU/GPU runs it fast, else fp32/fp16
-    max_length: int = Field(128, ge=8)  # tokens; longer inputs are counted and reported
+    # Tokens; longer inputs are counted and reported. auto: what holds ~99% of the inputs.
+    max_length: Annotated[int, Field(ge=8)] | Auto = AUTO
     group_by_length: bool = True  # batches of similar length: less padding, same results
     log_every: int = Field(1, ge=1)  # optimizer steps per metrics.jsonl row (1 = every step)
     # Checkpoint every N optimizer steps in addition to each epoch end (None: epochs only).
-    checkpoint_every: int | None = Field(None, ge=1)
+    checkpoint_every: Annotated[int, Field(ge=1)] | Auto | None = AUTO
     # Also at each epoch end (off for tiny data sets with hundreds of short epochs); the
     # last step is always checkpointed.
-    checkpoint_each_epoch: bool = True
+    checkpoint_each_epoch: bool | Auto = AUTO
     keep_checkpoints: int = Field(1, ge=1)  # newest complete checkpoints kept on disk
     num_workers: int = Field(0, ge=0)  # DataLoader workers; 0 is fastest on 2 CPU cores
     # BatchNorm layers whose parameters are frozen: "eval" keeps their pre-trained running
@@ -359,7 +380,8 @@ class EvaluationSpec(Section):
     """What is measured, when, and how."""
 
     # Validate every epoch; or every N optimizer steps when `every_steps` is set.
-    every_steps: int | None = Field(None, ge=1)
+    # auto: every epoch, or ~10 times per run when epochs are many and short.
+    every_steps: Annotated[int, Field(ge=1)] | Auto | None = AUTO
     metric: str = "accuracy"  # the headline metric: logged, early stopping, best checkpoint
     # "max" for scores, "min" for losses/perplexities; auto picks by the metric's name.
     mode: Literal["auto", "max", "min"] = "auto"
@@ -369,8 +391,8 @@ class EvaluationSpec(Section):
     # the train/validation gap that shows overfitting. 0 disables.
     train_eval_samples: int = Field(256, ge=0)
     # Early stopping: stop after this many evaluations without an improvement of at least
-    # `min_delta` in `metric`. None disables.
-    patience: int | None = Field(None, ge=1)
+    # `min_delta` in `metric`. None disables. auto: on for small training sets.
+    patience: Annotated[int, Field(ge=1)] | Auto | None = AUTO
     min_delta: float = Field(0.0, ge=0.0)
     # Export the best-validation weights instead of the last (None: yes with early stopping).
     restore_best: bool | None = None

@@ -73,11 +73,15 @@ def finetune(
     # 1. check: everything that can be wrong with the input fails here, before any write.
     run_dir = check_run_dir(r, resume, main_process=proc.is_main_process)
     setup = stages.setup(r)
+    r = setup.recipe  # `auto` fields resolved from the data (setup.auto says why)
     # 2. Only now the run directory is made (by one process; the others wait for it).
     if proc.is_main_process and not resume:
         create_run_dir(r, run_dir)
     proc.wait_for_everyone()
     handler = stages.log_to(run_dir / "train.log") if proc.is_main_process else None
+    if proc.is_main_process and not resume:  # once per run, console and train.log
+        for line in setup.auto.lines():
+            log.info("auto: %s", line)
     try:
         return _run(r, run_dir, resume, callbacks or [], started, setup)
     except BaseException as e:

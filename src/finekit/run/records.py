@@ -95,6 +95,9 @@ class RunRecord:
     wall_seconds: float
     wall_seconds_this_attempt: float
     finished_at: str
+    # What `auto` chose for each field, why, from which source, and which fields the user
+    # set where auto would have chosen otherwise (recipe/auto.py Resolution.to_json).
+    auto: dict[str, Any] = field(default_factory=dict)
     status: str = "completed"
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class RunRecord:
             "method": self.method,
             "metrics": self.metrics,
             "train": asdict(self.train),
+            "auto": self.auto,
             "data": self.data,
             "retention": self.retention.to_json() if self.retention else None,
             "early_stopping": self.early_stopping,

@@ -50,7 +50,8 @@ from finekit.methods import MethodContext, build_method, count_parameters
 from finekit.methods.base import Method, freeze_batchnorm_stats
 from finekit.models import family_for
 from finekit.models.base import LayerGroups, LoadedModel, ModelFamily
-from finekit.recipe import RETENTION_METRICS, Recipe
+from finekit.recipe import RETENTION_METRICS, Recipe, auto
+from finekit.recipe.auto import DataFacts, Resolution, concrete
 from finekit.run.records import ModelRecord, RetentionRecord, RunRecord, TrainRecord
 from finekit.rundir import RUN_JSON, TASK_JSON, read_json, write_json
 from finekit.train.flops import forward_flops_per_example
@@ -76,13 +77,16 @@ class Setup:
     groups: LayerGroups
     method: Method
     model: nn.Module
+    recipe: Recipe  # with every `auto` field resolved
+    auto: Resolution  # what `auto` chose, and why
     replay: Any = None  # data.replay rows (a DataFrame), read and checked by the task
     # evaluation.edge_cases / evaluation.guard rows by split name, checked by the task
     eval_sets: dict[str, Any] = field(default_factory=dict)
 
 
 def setup(r: Recipe) -> Setup:
-    """data -> task -> model -> method, with every input check; writes nothing."""
+    """data -> task -> model -> `auto` settings -> method, with every input check; writes
+    nothing. The returned Setup holds the resolved recipe the later stages use."""
     task = build_task(r.task)
     caps = capabilities(task)
     raw = read_splits(r.data)
@@ -90,8 +94,12 @@ def setup(r: Recipe) -> Setup:
     # task checks (and keeps for slices and guards) its own headline metric.
     by_retention = r.evaluation.metric in RETENTION_METRICS
     own = task.metric_names[0]
-    as_task = r.with_overrides({"evaluation.metric": own}) if by_retention else r
-    prepared = task.prepare(raw, as_task)
+
+    def as_task(x: Recipe) -> Recipe:
+        return x.with_overrides({"evaluation.metric": own}) if by_retention else x
+
+    # Prepared first with the fixed defaults: the `auto` rules need the prepared data.
+    prepared = task.prepare(raw, as_task(auto.with_fallbacks(r)))
     check_slices(r, prepared, raw)
     replay = read_replay(r.data, task) if r.data.replay is not None else None
     eval_sets = read_eval_sets(r, task)  # edge cases and guard sets: bad files fail here
@@ -101,7 +109,11 @@ def setup(r: Recipe) -> Setup:
         reference_sentences(r.evaluation.retention_reference)  # a bad file fails here
     set_seed(r.training.seed)  # the new head's (or a scratch model's) initialisation
     loaded = family.load(r.model, task.head(), pretrained=r.model.init == "pretrained")
-    check_max_length(loaded.model, r.training.max_length)
+    resolution = auto.resolve(r, data_facts(r, caps, prepared, loaded))
+    r = resolution.recipe
+    if resolution.chosen:  # the task keeps what it reads of the recipe (max_length...)
+        prepared = task.prepare(raw, as_task(r))
+    check_max_length(loaded.model, concrete(r.training.max_length, "training.max_length"))
     for name, length in r.task.length_fields().items():
         check_max_length(loaded.model, length, field=name)
     if by_retention:
@@ -114,7 +126,59 @@ def setup(r: Recipe) -> Setup:
     model = method.apply(loaded.model, MethodContext(groups, task.head(), model_type))
     if r.training.frozen_bn == "eval":
         freeze_batchnorm_stats(model)
-    return Setup(task, caps, prepared, family, loaded, groups, method, model, replay, eval_sets)
+    return Setup(
+        task,
+        caps,
+        prepared,
+        family,
+        loaded,
+        groups,
+        method,
+        model,
+        r,
+        resolution,
+        replay,
+        eval_sets,
+    )
+
+
+def resolve_auto(r: Recipe) -> Resolution:
+    """What `auto` chooses for this recipe on its data, without training: the data read and
+    prepared, the model loaded (for its size and limits). `finekit check` and the compare
+    ladder's baselines use it; a run resolves inside `setup`."""
+    task = build_task(r.task)
+    caps = capabilities(task)
+    raw = read_splits(r.data)
+    own = task.metric_names[0]
+    provisional = auto.with_fallbacks(r)
+    if r.evaluation.metric in RETENTION_METRICS:
+        provisional = provisional.with_overrides({"evaluation.metric": own})
+    prepared = task.prepare(raw, provisional)
+    set_seed(r.training.seed)
+    loaded = family_for(r.model).load(r.model, task.head(), pretrained=r.model.init == "pretrained")
+    return auto.resolve(r, data_facts(r, caps, prepared, loaded))
+
+
+def data_facts(r: Recipe, caps: Capabilities, prepared: Prepared, loaded: LoadedModel) -> DataFacts:
+    """What the `auto` rules look at: the prepared splits, the task's token lengths and
+    the loaded model."""
+    train, val = prepared.splits.train, prepared.splits.validation
+    lengths = None
+    if caps.lengths is not None:
+        lengths = caps.lengths.input_lengths(train, loaded.processor)
+    config = getattr(loaded.model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    return DataFacts(
+        n_train=len(train),
+        n_validation=0 if val is None else len(val),
+        n_classes=len(caps.classes.labels) if caps.classes is not None else None,
+        lengths=lengths,
+        parameters=sum(p.numel() for p in loaded.model.parameters()),
+        batchnorm=any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in loaded.model.modules()
+        ),
+        max_positions=positions if isinstance(positions, int) else None,
+    )
 
 
 def retention_measures(
@@ -241,9 +305,10 @@ class Engine:
 def engine(r: Recipe, s: Setup, data: Encoded) -> Engine:
     """The accelerator and everything anchored to the *base* weights (before any step)."""
     ev = r.evaluation
-    restore_best = ev.restore_best if ev.restore_best is not None else ev.patience is not None
+    patience = concrete(ev.patience, "evaluation.patience")
+    restore_best = ev.restore_best if ev.restore_best is not None else patience is not None
     mode = ev.resolved_mode()
-    stopper = EarlyStopping(ev.metric, mode, ev.patience, ev.min_delta, keep_best=restore_best)
+    stopper = EarlyStopping(ev.metric, mode, patience, ev.min_delta, keep_best=restore_best)
     monitor = OverfitMonitor(ev.metric, mode) if ev.overfit_alarm else None
     if s.caps.attach is not None:  # e.g. text mixup's head modules
         s.caps.attach.attach(s.model, s.groups.head)
@@ -270,10 +335,11 @@ def ewc(r: Recipe, alpha: float, s: Setup, train: Any) -> EWC:
             "train",
         )
     )
-    n = r.training.ewc_batches * r.training.batch_size
+    bs = concrete(r.training.batch_size, "training.batch_size")
+    n = r.training.ewc_batches * bs
     ref = subset(data, n, r.training.seed)
     ref = data if ref is None else ref
-    collate, bs = s.task.collator(proc), r.training.batch_size
+    collate = s.task.collator(proc)
     batches = (
         collate([ref[j] for j in range(i, min(i + bs, len(ref)))]) for i in range(0, len(ref), bs)
     )
@@ -380,7 +446,7 @@ def retention(r: Recipe, s: Setup) -> RetentionMeasure | EmbeddingRetention | No
         return EmbeddingRetention(
             model,
             proc,
-            r.training.max_length,
+            concrete(r.training.max_length, "training.max_length"),
             r.evaluation.retention_reference,
             mlm_head=_mlm_head(r, s.loaded.source),
         )
@@ -568,6 +634,7 @@ def record(
         task=r.task.name,
         method=r.method.name,
         metrics=metrics,
+        auto=s.auto.to_json(),
         train=TrainRecord(
             seconds=round(sm.seconds, 2),
             samples_per_second=round(sm.samples_per_second, 2),

@@ -29,6 +29,7 @@ from finekit.evaluate.metrics import headline
 from finekit.evaluate.runner import run_outputs
 from finekit.models.base import LayerGroups
 from finekit.recipe import EvaluationSpec, TrainingSpec
+from finekit.recipe.auto import concrete
 from finekit.train.callbacks import Control, fire
 from finekit.train.checkpoint import (
     ENGINE,
@@ -124,7 +125,8 @@ def param_groups(model: nn.Module, spec: TrainingSpec, groups: LayerGroups) -> l
     """AdamW groups: no weight decay on biases and norms (ndim < 2); the head at `head_lr`;
     with `layer_decay` d, block i of L gets lr * d**(L - i) and the embeddings d**(L + 1)
     (layer-wise learning-rate decay, Howard & Ruder 2018; Clark et al. 2020)."""
-    head_lr = spec.head_lr or spec.lr
+    lr = concrete(spec.lr, "training.lr")
+    head_lr = concrete(spec.head_lr, "training.head_lr") or lr
     n_layers = len(groups.layers)
 
     def inside(name: str, prefix: str) -> bool:
@@ -134,13 +136,13 @@ def param_groups(model: nn.Module, spec: TrainingSpec, groups: LayerGroups) -> l
         if any(inside(name, h) for h in groups.head):
             return head_lr
         if spec.layer_decay is None:
-            return spec.lr
+            return lr
         for i, layer in enumerate(groups.layers):
             if inside(name, layer):
-                return spec.lr * spec.layer_decay ** (n_layers - i)
+                return lr * spec.layer_decay ** (n_layers - i)
         if any(inside(name, e) for e in groups.embeddings):
-            return spec.lr * spec.layer_decay ** (n_layers + 1)
-        return spec.lr  # pooler, final norm: top of the stack
+            return lr * spec.layer_decay ** (n_layers + 1)
+        return lr  # pooler, final norm: top of the stack
 
     buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -214,9 +216,10 @@ class Loop:
         self.save_checkpoints = save_checkpoints
         self.acc = accelerator or make_accelerator(spec)
         self.precision = self.acc.mixed_precision
+        batch_size = concrete(spec.batch_size, "training.batch_size")
         self.sampler = EpochSampler(
             train_data.lengths,
-            spec.batch_size,
+            batch_size,
             spec.seed,
             spec.group_by_length,
             getattr(train_data, "sample_weights", None),
@@ -224,7 +227,7 @@ class Loop:
         )
         loader = DataLoader(
             train_data,
-            batch_size=spec.batch_size,
+            batch_size=batch_size,
             sampler=self.sampler,
             collate_fn=collate,
             num_workers=spec.num_workers,
@@ -235,7 +238,7 @@ class Loop:
         )
         optimizer = torch.optim.AdamW(
             param_groups(model, spec, groups),
-            lr=spec.lr,
+            lr=concrete(spec.lr, "training.lr"),
             betas=spec.adam_betas,
             eps=spec.adam_eps,
             fused=self.acc.device.type == "cuda" or None,
@@ -243,13 +246,16 @@ class Loop:
         self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
         # The scheduler steps once per optimizer step, by us, at sync boundaries only.
         self.steps_per_epoch = max(1, math.ceil(len(self.loader) / spec.grad_accum))
-        self.total_steps = spec.max_steps or max(1, math.ceil(spec.epochs * self.steps_per_epoch))
+        epochs = concrete(spec.epochs, "training.epochs")
+        self.total_steps = spec.max_steps or max(1, math.ceil(epochs * self.steps_per_epoch))
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(
             "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler,
             self.optimizer,
-            num_warmup_steps=round(spec.warmup_ratio * self.total_steps),
+            num_warmup_steps=round(
+                concrete(spec.warmup_ratio, "training.warmup_ratio") * self.total_steps
+            ),
             num_training_steps=self.total_steps,
         )
         self.progress = Progress()
@@ -509,15 +515,14 @@ class Loop:
                     window_loss, window_n, window_samples, window_tokens = 0.0, 0, 0, 0
                     window_start = time.perf_counter()
                 fire(self.callbacks, "on_step_end", self.state, self.control)
-                every = self.eval_spec.every_steps
+                every = concrete(self.eval_spec.every_steps, "evaluation.every_steps")
+                ckpt_every = concrete(spec.checkpoint_every, "training.checkpoint_every")
                 paused = time.perf_counter()  # eval/checkpoint time is not training time
                 if (every and p.step % every == 0) or self.control.should_evaluate:
                     self.control.should_evaluate = False
                     self.evaluate()
                     self.model.train()
-                if (spec.checkpoint_every and p.step % spec.checkpoint_every == 0) or (
-                    self.control.should_checkpoint
-                ):
+                if (ckpt_every and p.step % ckpt_every == 0) or (self.control.should_checkpoint):
                     self.control.should_checkpoint = False
                     p.train_seconds += paused - t0  # up to date in the checkpoint
                     t0 = paused
@@ -533,7 +538,7 @@ class Loop:
             if epoch_done:
                 p.epoch += 1
                 p.batches_in_epoch = 0
-            every = self.eval_spec.every_steps
+            every = concrete(self.eval_spec.every_steps, "evaluation.every_steps")
             last_eval_step = self.state.history[-1]["step"] if self.state.history else -1
             if (not every and epoch_done) or (
                 p.step >= self.total_steps and last_eval_step != p.step
@@ -543,7 +548,7 @@ class Loop:
             if epoch_done:
                 fire(self.callbacks, "on_epoch_end", self.state, self.control)
             final = p.step >= self.total_steps or self.control.should_stop
-            if final or spec.checkpoint_each_epoch:
+            if final or concrete(spec.checkpoint_each_epoch, "training.checkpoint_each_epoch"):
                 self.checkpoint()
             window_start += time.perf_counter() - paused
         bar.close()

@@ -41,6 +41,7 @@ from finekit.data.splits import Splits, fold_holdout
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import generation_scores
 from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
+from finekit.recipe.auto import Proposals, concrete, length_rule, schedule_rule
 from finekit.tasks.lm.causal import (
     IGNORE,
     CausalLMConfig,
@@ -114,6 +115,22 @@ class ChatConfig(TaskConfig):
     generates: ClassVar[bool] = True
     default_metric: ClassVar[str] = "loss"  # on assistant tokens
 
+    def auto_defaults(self, p: Proposals) -> None:
+        src = "recipes/support-bot.yaml (measured in benchmarks/README.md)"
+        p.propose("training.batch_size", 8, "conversations of hundreds of tokens: batch 8", src)
+        p.propose(
+            "training.lr",
+            2e-5,
+            "full supervised fine-tuning of a chat LM",
+            "TRL SFTConfig's default learning rate",
+        )  # LoRA and the other adapters raise it (method auto_lr): 2e-4, as the recipe
+        p.propose("training.head_lr", None, "no new head: the LM head is pre-trained", src)
+        p.propose("training.warmup_ratio", 0.05, "short warm-up (5% of steps)", src)
+        length_rule(p, 0.95, 1024, f"{src}; longer conversations are truncated and counted")
+        # ~2 passes (support-bot: 120 steps over ~450 dialogs at batch 8); evaluation
+        # generates replies, so at most ~4 per run; the loss keeps falling: no early stop.
+        schedule_rule(p, floor_steps=100, min_epochs=2, source=src, evaluations=4, small=0)
+
     def check(self, recipe: Recipe) -> None:
         # Packed conversations are kept apart by their position_ids.
         if self.packing and not recipe.method.keeps_position_ids:
@@ -159,7 +176,7 @@ class ChatTask:
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
         d = recipe.data
-        self.max_length = recipe.training.max_length
+        self.max_length = concrete(recipe.training.max_length, "training.max_length")
         self.seed = recipe.training.seed
         self.model_name = recipe.model.path
         self.rules = recipe.evaluation.rules
@@ -351,6 +368,14 @@ class ChatTask:
             # token, e.g. SmolLM2's <|im_end|>, it is already supervised.)
             ids, labels = ids[: last + 1] + [eos], labels[: last + 1] + [eos]
         return ids, labels
+
+    def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]:
+        """Tokens of each rendered conversation (chat template included)."""
+        self.ensure_template(processor)
+        return [
+            len(self.render(processor, msgs, f"conversation {name}")[0])
+            for msgs, name in zip(df["messages"], df["conversation"], strict=True)
+        ]
 
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         """Render, mask and truncate (counted) each conversation; log one example."""

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from finekit.data.readers import looks_like_images
 from finekit.recipe import Recipe, TaskConfig
+from finekit.recipe.auto import Proposals, encoder_lr, schedule_rule, text_encoder_rules
 
 
 class ClassifyConfig(TaskConfig):
@@ -47,3 +48,35 @@ class ClassifyConfig(TaskConfig):
 
     def reads_text_pairs(self) -> bool:
         return self.modality == "text"
+
+    def auto_defaults(self, p: Proposals) -> None:
+        if self.modality != "image":
+            # benchmarks/README.md "What the ladder caught": head rate 0.1 chosen on
+            # Banking77's validation split (0.812 / 0.834 / 0.835 at 2e-3 / 0.02 / 0.1).
+            text_encoder_rules(p, 0.1, "benchmarks/README.md (head-rate sweep on Banking77)")
+            return
+        p.propose("training.batch_size", 32, "the image recipes' batch", "recipes/chest-xray.yaml")
+        if p.facts.batchnorm:
+            p.propose(
+                "training.lr",
+                5e-4,
+                "a BatchNorm CNN: tolerates larger rates than a transformer",
+                "recipes/chest-xray.yaml (EfficientNet-Lite0, measured in benchmarks/README.md)",
+            )
+        else:
+            encoder_lr(p)  # vision transformers fine-tune like text encoders of their size
+        p.propose(
+            "training.head_lr",
+            3e-3,
+            "the new head starts random: train it faster",
+            "recipes/chest-xray.yaml (measured in benchmarks/README.md)",
+        )
+        p.propose(
+            "training.warmup_ratio", 0.1, "warm-up over 10% of steps", "recipes/chest-xray.yaml"
+        )
+        schedule_rule(
+            p,
+            floor_steps=600,
+            min_epochs=3,
+            source="recipes/chest-xray.yaml (8 epochs x 76 steps = 608 steps on 2,428 X-rays)",
+        )

@@ -25,6 +25,7 @@ from finekit.data.augment.text import EdaSettings, eda, example_rng
 from finekit.data.readers import require_columns
 from finekit.data.splits import Splits
 from finekit.recipe import Recipe
+from finekit.recipe.auto import concrete
 from finekit.tasks.classify.common import (
     as_label,
     check_metric,
@@ -76,7 +77,7 @@ class ClassifyTask:
             d.text_pair_column,
             d.label_column,
         )
-        self.max_length = recipe.training.max_length
+        self.max_length = concrete(recipe.training.max_length, "training.max_length")
         self.seed = recipe.training.seed
         eda = EdaSettings.from_spec(d.augment)
         self.text_augment = eda if eda.active else None
@@ -123,6 +124,11 @@ class ClassifyTask:
         texts = df[self.text_column].astype(str).tolist()
         pairs = df[self.pair_column].astype(str).tolist() if self.pair_column else None
         return texts, pairs
+
+    def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]:
+        texts, pairs = self._texts(df)
+        full = processor(texts, pairs, truncation=False, add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in full["input_ids"]]
 
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         texts, pairs = self._texts(df)

@@ -36,6 +36,7 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.retention import reference_sentences
 from finekit.recipe import Recipe, TaskConfig
+from finekit.recipe.auto import Proposals, schedule_rule
 
 log = logging.getLogger(__name__)
 METRICS = ("perplexity", "loss")  # headline metrics (both: lower is better)
@@ -59,6 +60,9 @@ class CausalLMConfig(TaskConfig):
     packing: bool = True
     # Greedy continuation length for `predict`.
     max_new_tokens: int = Field(64, ge=1, le=4096)
+
+    def auto_defaults(self, p: Proposals) -> None:
+        corpus_rules(p, self.block_size, "causal")
 
 
 class CausalLMTask:
@@ -101,6 +105,9 @@ class CausalLMTask:
         return HeadSpec(kind="causal-lm")
 
     # ------------------------------------------------------------------ features
+    def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]:
+        return document_lengths(processor, df[self.text_column].fillna("").astype(str).tolist())
+
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         """Blocks of token ids. Training keeps full blocks only (the short remainder is
         dropped and counted); evaluation keeps it, so every held-out token is scored."""
@@ -594,6 +601,33 @@ def check_corpus(df: pd.DataFrame, source: str, column: str) -> None:
 def trained_blocks(info: dict[str, Any]) -> int | None:
     n = info.get("tokens", {}).get("train", {}).get("blocks")
     return None if n is None else int(n)
+
+
+def corpus_rules(p: Proposals, block_size: int, kind: str) -> None:
+    """`auto` for continued pre-training (causal_lm, masked_lm): the step floor counts
+    blocks of `block_size` tokens, not documents."""
+    src = "recipes/shakespeare-cpt.yaml (measured in benchmarks/README.md)"
+    p.propose("training.batch_size", 8, "blocks of hundreds of tokens: batch 8", src)
+    p.propose(
+        "training.lr",
+        5e-5,
+        f"full continued pre-training of a {kind} LM",
+        "transformers' run_clm/run_mlm examples (5e-5)",
+    )  # LoRA raises it (method auto_lr)
+    p.propose("training.head_lr", None, "no new head: the LM head is pre-trained", src)
+    p.propose("training.warmup_ratio", 0.05, "short warm-up (5% of steps)", src)
+    lengths = p.facts.lengths or []
+    blocks = sum(n + 1 for n in lengths) // block_size  # +1: the separator of each document
+    # ~2 passes over a small corpus (shakespeare-cpt: 300 steps x 8 blocks), one over a
+    # large one; perplexity keeps falling: no early stopping.
+    schedule_rule(
+        p, floor_steps=300, min_epochs=1, source=src, evaluations=3, small=0, rows=blocks or None
+    )
+
+
+def document_lengths(processor: Any, texts: list[str]) -> list[int]:
+    """Tokens per non-empty document (what `auto` counts blocks from)."""
+    return [len(ids) for ids in tokenize(processor, [t for t in texts if t.strip()])]
 
 
 def tokenize(processor: Any, texts: list[str]) -> list[list[int]]:

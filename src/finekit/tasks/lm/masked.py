@@ -35,12 +35,15 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError, ModelError
 from finekit.evaluate.retention import pseudo_perplexity, reference_sentences, special_frame
 from finekit.recipe import Recipe, TaskConfig
+from finekit.recipe.auto import Proposals, concrete
 from finekit.tasks.lm.causal import (
     IGNORE,
     METRICS,
     cap_blocks,
     check_corpus,
+    corpus_rules,
     cut_blocks,
+    document_lengths,
     lm_metrics,
     pad_token_id,
     perplexity_before,
@@ -61,6 +64,9 @@ class MaskedLMConfig(TaskConfig):
 
     def length_fields(self) -> dict[str, int]:
         return {"task.block_size": self.block_size}
+
+    def auto_defaults(self, p: Proposals) -> None:
+        corpus_rules(p, self.block_size, "masked")
 
     # Tokens per block including the special tokens; 128 keeps BERT-size encoders fast on
     # CPU, 512 is BERT's pre-training length.
@@ -120,6 +126,9 @@ class MaskedLMTask:
         return HeadSpec(kind="masked-lm")
 
     # ------------------------------------------------------------------ features
+    def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]:
+        return document_lengths(processor, df[self.text_column].fillna("").astype(str).tolist())
+
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         """Blocks of `block_size` tokens: [CLS] ... [SEP] (or the tokenizer's own pair),
         documents separated by the separator token inside a packed block."""
@@ -260,7 +269,7 @@ class MaskedLMTask:
             processor,
             recipe.evaluation.retention_reference,
             recipe.training.eval_batch_size,
-            recipe.training.max_length,
+            concrete(recipe.training.max_length, "training.max_length"),
         )
 
     # ------------------------------------------------------------------ inference

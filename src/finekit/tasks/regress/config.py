@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from finekit.recipe import TaskConfig
+from finekit.recipe.auto import Proposals, text_encoder_rules
 
 
 class RegressConfig(TaskConfig):
@@ -29,3 +30,7 @@ class RegressConfig(TaskConfig):
 
     def reads_text_pairs(self) -> bool:
         return True  # e.g. STS-B: a sentence pair and its similarity
+
+    def auto_defaults(self, p: Proposals) -> None:
+        # One output on standardised targets: 10x the body (a classifier's 0.1 overshoots).
+        text_encoder_rules(p, 1e-3, "recipes/stsb.yaml (measured in benchmarks/README.md)")

@@ -22,6 +22,7 @@ from finekit.data.readers import require_columns
 from finekit.data.splits import Splits
 from finekit.errors import DataError, RecipeError
 from finekit.recipe import Recipe
+from finekit.recipe.auto import concrete
 from finekit.tasks.regress.config import RegressConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ class RegressTask:
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
         d = recipe.data
         self.text_column, self.pair_column = d.text_column, d.text_pair_column
-        self.target_column, self.max_length = d.label_column, recipe.training.max_length
+        self.target_column, self.max_length = (
+            d.label_column,
+            concrete(recipe.training.max_length, "training.max_length"),
+        )
         if recipe.evaluation.metric not in self.metric_names:
             raise RecipeError(
                 f"evaluation.metric={recipe.evaluation.metric!r} is not a regress metric; "
@@ -131,6 +135,12 @@ class RegressTask:
             id2label={0: self.target_column},
             problem_type="regression",
         )
+
+    def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]:
+        texts = df[self.text_column].astype(str).tolist()
+        pairs = df[self.pair_column].astype(str).tolist() if self.pair_column else None
+        full = processor(texts, pairs, truncation=False, add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in full["input_ids"]]
 
     def encode(self, df: pd.DataFrame, processor: Any, split: str) -> EncodedDataset:
         texts = df[self.text_column].astype(str).tolist()
