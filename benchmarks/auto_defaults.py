@@ -236,7 +236,7 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{'set':<46}{'auto (flags only)':>20}{'hand-tuned':>20}{'gap':>8}  target")
-    for name, r in results.items():
+    for r in results.values():
         au, ha = r["auto"], r["hand"]
         print(
             f"{r['title']:<46}{au['mean']:>12.3f} ± {au['std']:.3f}{ha['mean']:>12.3f} ± "
