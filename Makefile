@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 # The CPU build of torch (pip finds it on local disk here; elsewhere it downloads).
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
+# Where the recipes' named data sets are (<dir>/<name>/); here: the shared local copies.
+export FINEKIT_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install browser demo test test-unit test-integration lint banking77 clean
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The shipped recipes name their data sets; the tests use the local copies.
+os.environ.setdefault("FINEKIT_DATA", str(SHARED / "data"))
 
 # Three intents, each signalled by its own words amid shared filler words.
 CLASS_WORDS = {

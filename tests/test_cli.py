@@ -77,9 +77,11 @@ def test_train_eval_predict_round_trip(
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     assert recipe["training"]["lr"] == pytest.approx(1e-3) and recipe["training"]["epochs"] == 6
 
-    assert main(["eval", str(run), "--data", str(toy_data["test"])]) == 0
-    out = capsys.readouterr().out
-    assert '"accuracy"' in out and (run / "eval" / "test.json").is_file()
+    # One name for the input file across eval, predict and generate (--data still works).
+    for flag in ("--input", "-i", "--data"):
+        assert main(["eval", str(run), flag, str(toy_data["test"])]) == 0
+        out = capsys.readouterr().out
+        assert '"accuracy"' in out and (run / "eval" / "test.json").is_file()
 
     assert main(["predict", str(run), "my card was stolen", "when do you open"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -186,3 +188,49 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"finekit {__version__}"
+
+
+def test_every_option_has_help_and_the_lists_come_from_the_registries() -> None:
+    import typer.main
+
+    from finekit.cli import app
+    from finekit.core.contracts import METHODS, TASKS
+
+    group = typer.main.get_command(app)
+    commands = group.commands  # type: ignore[attr-defined]
+    assert {"train", "check", "eval", "predict", "generate", "compare"} <= set(commands)
+    for name, cmd in commands.items():
+        assert cmd.help, name
+        for p in cmd.params:
+            if p.param_type_name == "option":
+                assert p.help, f"finekit {name} {p.opts[0]} has no help text"
+    train = commands["train"]
+    helps = {p.name: p.help for p in train.params if p.param_type_name == "option"}
+    assert all(t in helps["task"] for t in TASKS.names())
+    assert all(m in helps["method"] for m in METHODS.names())
+    # The same input-file option on eval, predict and generate.
+    for name in ("eval", "predict", "generate"):
+        opts = [o for p in commands[name].params for o in p.opts]
+        assert "--input" in opts and "-i" in opts, name
+
+
+def test_check_runs_one_step_and_shows_the_auto_settings(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    toy_data,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = ["check", "--model", str(tiny_model_dir), "--train", str(toy_data["train"])]
+    assert main([*argv, "--lr", "1e-3", "--set", "training.precision=fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "one step      : loss" in out and "ready to train" in out
+    assert "training.max_length = 32" in out and "source:" in out
+    assert "training.lr = 0.001  (yours; auto would choose" in out
+    assert list(work.iterdir()) == []  # nothing written
+    # A bad column is the same named error as in train, before any training.
+    assert main([*argv, "--label-column", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -16,7 +16,9 @@ def test_defaults_are_filled_and_round_trip(tmp_path: Path) -> None:
     assert r.training.precision == "auto" and r.training.lr == "auto"  # chosen per run
     r.to_yaml(tmp_path / "r.yaml")
     again = Recipe.from_yaml(tmp_path / "r.yaml")
-    assert again == r
+    # A relative path in a recipe file is relative to the file's folder.
+    assert again.data.train == str(tmp_path / "train.csv")
+    assert again.with_overrides({"data.train": "train.csv"}) == r
 
 
 def test_unknown_key_names_field_and_allowed() -> None:

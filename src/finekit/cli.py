@@ -41,9 +41,39 @@ def _root(
     """Fine-tune pre-trained models for one task with little data."""
 
 
+def _registered(kind: str) -> str:
+    """The names a registry holds, for help texts (built-in and installed plug-ins)."""
+    from finekit.core.contracts import METHODS, TASKS
+
+    return ", ".join((TASKS if kind == "task" else METHODS).names())
+
+
 SetOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 (typer needs Optional here on 3.10)
-    typer.Option("--set", "-s", help="Override a recipe field: --set training.lr=3e-5"),
+    typer.Option(
+        "--set", "-s", help="Override any recipe field (repeatable): --set training.lr=3e-5"
+    ),
+]
+DataDirOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--data-dir",
+        help="Folder holding the recipe's named data sets (<dir>/<name>/); default: "
+        "$FINEKIT_DATA, else ~/.cache/finekit/data",
+    ),
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log every step of the run (INFO level)")
+]
+InputOpt = Annotated[
+    str,
+    typer.Option(
+        "--input",
+        "-i",
+        "--data",
+        help="Input file (csv/tsv/jsonl/parquet; images: a folder or .npz). --data is the "
+        "older name",
+    ),
 ]
 
 
@@ -101,12 +131,17 @@ def _common_sections(
     return sec
 
 
-def _build_recipe(recipe: Path | None, sets: list[str] | None, sections: dict[str, Any]):
+def _build_recipe(
+    recipe: Path | None,
+    sets: list[str] | None,
+    sections: dict[str, Any],
+    data_dir: str | None = None,
+):
     from finekit.recipe import Recipe, apply_overrides, deep_merge
     from finekit.run import make_recipe
 
     if recipe is not None:
-        base = Recipe.from_yaml(recipe).to_dict()
+        base = Recipe.from_yaml(recipe, data_dir=data_dir).to_dict()
     elif "model" in sections and "data" in sections:
         base = {"name": Path(sections["data"].get("train", "run")).stem}
     else:
@@ -117,42 +152,82 @@ def _build_recipe(recipe: Path | None, sets: list[str] | None, sections: dict[st
     return make_recipe(merged)
 
 
-@app.command()
-def train(
-    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file")] = None,  # noqa: UP045
-    set_: SetOpt = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run directory")] = None,  # noqa: UP045
-    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory")] = None,  # noqa: UP045
-    model: Annotated[Optional[str], typer.Option(help="Local folder or hub id")] = None,  # noqa: UP045
-    train_file: Annotated[Optional[str], typer.Option("--train", help="Training data")] = None,  # noqa: UP045
-    validation: Annotated[Optional[str], typer.Option(help="Validation data")] = None,  # noqa: UP045
-    test: Annotated[Optional[str], typer.Option(help="Test data")] = None,  # noqa: UP045
-    task: Annotated[Optional[str], typer.Option(help="Task name (classify)")] = None,  # noqa: UP045
-    text_column: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
-    label_column: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
-    method: Annotated[Optional[str], typer.Option(help="full | freeze | lora")] = None,  # noqa: UP045
-    epochs: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
-    lr: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
-    batch_size: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
-    k_per_class: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
-    seeds: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="Run N seeds into OUTPUT/seed-<s>/; mean ± std in seeds.json"),
-    ] = None,
-    folds: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(
-            help="K-fold cross-validation on the training data: OUTPUT/fold-<i>/, "
-            "mean ± std in folds.json"
-        ),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Fine-tune: from a recipe file, or from flags for the common case."""
-    from finekit.run import finetune
+# The flags of the common case (`finekit train --model M --train F ...`), shared by `check`.
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Pre-trained model: a local folder, a hub id or finekit:<alias>"),
+]
+TrainOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--train", help="Training data (csv/tsv/jsonl/parquet, a folder, .npz, hf://)"),
+]
+ValidationOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Validation data (default: 10% held out of --train, stratified)"),
+]
+TestOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Test data, scored once at the end (default: none)"),
+]
+TaskOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help=f"Task: {_registered('task')} (default classify)"),
+]
+TextColumnOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Column with the input text (default text)"),
+]
+LabelColumnOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Column with the label or target (default label)"),
+]
+MethodOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help=f"Fine-tuning method: {_registered('method')} (default full)"),
+]
+EpochsOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(help="Passes over the training data (default: auto, from the data size)"),
+]
+LrOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(help="Learning rate of the body (default: auto, by model size and method)"),
+]
+BatchOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(help="Examples per optimizer step and device (default: auto)"),
+]
+KOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(help="Few-shot: keep K training examples per class (sampled by seed)"),
+]
+RecipeArg = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Argument(help="Recipe YAML file (or give --model and --train)"),
+]
+
+
+def _flags_recipe(
+    recipe: Path | None,
+    set_: list[str] | None,
+    data_dir: str | None,
+    model: str | None,
+    train_file: str | None,
+    validation: str | None,
+    test: str | None,
+    task: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    method: str | None,
+    epochs: float | None,
+    lr: float | None,
+    batch_size: int | None,
+    k_per_class: int | None,
+    output: str | None,
+    resume: Path | None = None,
+):
     from finekit.rundir import RECIPE
 
-    _setup_logging(verbose)
     sections = _common_sections(
         model,
         train_file,
@@ -174,7 +249,71 @@ def train(
             raise RecipeError(f"--resume {resume}: no {RECIPE} there; is it a finekit run?")
         recipe = recipe or resume / RECIPE
         sections.setdefault("output", {})["dir"] = str(resume)
-    r = _build_recipe(recipe, set_, sections)
+    return _build_recipe(recipe, set_, sections, data_dir)
+
+
+@app.command()
+def train(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Run directory (default runs/<name>-<time>)"),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Continue this run directory from its newest checkpoint"),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    train_file: TrainOpt = None,
+    validation: ValidationOpt = None,
+    test: TestOpt = None,
+    task: TaskOpt = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    method: MethodOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchOpt = None,
+    k_per_class: KOpt = None,
+    seeds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Run N seeds into OUTPUT/seed-<s>/; mean ± std in seeds.json"),
+    ] = None,
+    folds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="K-fold cross-validation on the training data: OUTPUT/fold-<i>/, "
+            "mean ± std in folds.json"
+        ),
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Fine-tune: from a recipe file, or from flags for the common case. Settings you do
+    not give are chosen from the data (`auto`; run.json says what and why)."""
+    from finekit.run import finetune
+
+    _setup_logging(verbose)
+    r = _flags_recipe(
+        recipe,
+        set_,
+        data_dir,
+        model,
+        train_file,
+        validation,
+        test,
+        task,
+        text_column,
+        label_column,
+        method,
+        epochs,
+        lr,
+        batch_size,
+        k_per_class,
+        output,
+        resume,
+    )
     if seeds is not None and folds is not None:
         raise RecipeError("--seeds and --folds each repeat the run; give one of them")
     if seeds is not None or folds is not None:
@@ -193,12 +332,67 @@ def train(
 
 
 @app.command()
+def check(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    train_file: TrainOpt = None,
+    validation: ValidationOpt = None,
+    test: TestOpt = None,
+    task: TaskOpt = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    method: MethodOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchOpt = None,
+    k_per_class: KOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Check a recipe (or the same flags as train) without training: the data checks, the
+    model load, one forward/backward step, and the settings `auto` resolves, with why."""
+    from finekit.run.check import check as run_check
+
+    _setup_logging(verbose)
+    r = _flags_recipe(
+        recipe,
+        set_,
+        data_dir,
+        model,
+        train_file,
+        validation,
+        test,
+        task,
+        text_column,
+        label_column,
+        method,
+        epochs,
+        lr,
+        batch_size,
+        k_per_class,
+        None,
+    )
+    result = run_check(r)
+    for line in result.lines():
+        typer.echo(line)
+    typer.echo("ok: ready to train (nothing was written)")
+
+
+@app.command()
 def pretrain(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
     set_: SetOpt = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run directory")] = None,  # noqa: UP045
-    resume: Annotated[Optional[Path], typer.Option(help="Continue this run directory")] = None,  # noqa: UP045
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Run directory (default runs/<name>-<time>)"),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Continue this run directory from its newest checkpoint"),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train the recipe's architecture from random initialisation (model.init=scratch):
     the same config, tokenizer, task and loop, no pre-trained weights — the baseline that
@@ -208,6 +402,7 @@ def pretrain(
         set_=[*(set_ or []), "model.init=scratch"],
         output=output,
         resume=resume,
+        data_dir=data_dir,
         verbose=verbose,
     )
 
@@ -238,10 +433,11 @@ def _print_result(result: Any) -> None:
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory")],
-    data: Annotated[str, typer.Option(help="Labelled file (same columns as training)")],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data: InputOpt,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Metrics of a run's exported model on a labelled file (written to RUN/eval/)."""
+    """Metrics of a run's exported model on a labelled file (same columns as training),
+    written to RUN/eval/."""
     from finekit.serve.predict import load_run
 
     _setup_logging(verbose)
@@ -262,8 +458,16 @@ def eval_(
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify")] = None,  # noqa: UP045
-    input_: Annotated[Optional[str], typer.Option("--input", "-i", help="File in")] = None,  # noqa: UP045
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="File out")] = None,  # noqa: UP045
+    input_: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--input", "-i", help="Input file (csv/tsv/jsonl/parquet; images: folder/.npz)"
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Output file (by suffix; default: CSV on stdout)"),
+    ] = None,
 ) -> None:
     """Predict labels for texts, or for a file (csv/tsv/jsonl/parquet) into a file."""
     from finekit.serve.predict import load_run
@@ -300,8 +504,10 @@ def predict(
 @app.command()
 def generate(
     run: Annotated[Path, typer.Argument(help="Run directory of a chat run")],
-    input_: Annotated[str, typer.Option("--input", "-i", help="messages/prompt file")],
-    output: Annotated[str, typer.Option("--output", "-o", help="File out (.jsonl...)")],
+    input_: Annotated[
+        str, typer.Option("--input", "-i", help="Input file with a `messages` or `prompt` column")
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file (.jsonl, .csv...)")],
 ) -> None:
     """Replies of a chat run for every row of a file (`messages` or `prompt` column)."""
     from finekit.serve.chat import generate_file
@@ -351,9 +557,15 @@ def compare(
     min_steps: Annotated[
         int, typer.Option(help="Raise epochs so small sizes get at least this many steps")
     ] = 300,
-    output: Annotated[Optional[str], typer.Option("--output", "-o")] = None,  # noqa: UP045
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--output", "-o", help="Compare directory (default runs/compare-<name>-<time>)"
+        ),
+    ] = None,
     set_: SetOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data_dir: DataDirOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The baseline ladder: the recipe vs scratch / linear-probe / lora / full, per size
     and seed, with learning curves and a report. Rerunning skips finished runs."""
@@ -363,7 +575,7 @@ def compare(
     from finekit.recipe import Recipe
 
     _setup_logging(verbose)
-    r = Recipe.from_yaml(recipe, overrides=set_ or [])
+    r = Recipe.from_yaml(recipe, overrides=set_ or [], data_dir=data_dir)
     out = output or f"runs/compare-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_compare(r, against, sizes, seeds, out, echo=typer.echo, min_steps=min_steps)
     typer.echo("")
@@ -394,13 +606,14 @@ def report(
 def recipe_cmd(
     recipe: Annotated[Optional[Path], typer.Argument(help="Recipe file to validate")] = None,  # noqa: UP045
     set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Print the fully resolved recipe (all defaults) of a file, or a starting template."""
     from finekit.recipe import Recipe, apply_overrides
     from finekit.run import make_recipe
 
     if recipe is not None:
-        r = Recipe.from_yaml(recipe, overrides=set_ or [])
+        r = Recipe.from_yaml(recipe, overrides=set_ or [], data_dir=data_dir)
     else:
         base = {
             "name": "my-run",
@@ -413,8 +626,11 @@ def recipe_cmd(
 
 @app.command()
 def demo(
-    output: Annotated[Optional[str], typer.Option("--output", "-o")] = None,  # noqa: UP045
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Folder for both runs (default runs/demo-<time>)"),
+    ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Offline: fine-tune the packaged MiniLM on built-in intents vs the same from scratch."""
     from finekit.demo import run_demo

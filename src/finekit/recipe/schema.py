@@ -29,6 +29,7 @@ from pydantic import (
 from finekit.data.readers import HF_SPLITS  # split names inside an HF DatasetDict
 from finekit.errors import RecipeError, RegistryError
 from finekit.recipe.auto import AUTO, Auto
+from finekit.recipe.paths import resolve_paths
 
 if TYPE_CHECKING:
     from finekit.recipe.auto import Proposals
@@ -215,8 +216,23 @@ class ReplaySpec(Section):
     )
 
 
+class DatasetSpec(Section):
+    """The public data set a recipe's files come from. Its split files (data.train...) are
+    looked for in `<data dir>/<name>/` (--data-dir, FINEKIT_DATA, ~/.cache/finekit/data);
+    where they are missing, the error says what to download, from where, under which
+    licence, and where to put it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # its folder
+    hf_id: str | None = None  # the HF `datasets` id, where one exists
+    url: str | None = None  # the upstream source
+    licence: str
+
+
 class DataSpec(Section):
     """Where the examples come from and which columns mean what."""
+
+    # A public data set the split files belong to (recipe files; see DatasetSpec).
+    dataset: DatasetSpec | None = None
 
     # Files (.csv, .tsv, .jsonl/.json, .parquet), a saved HF `datasets` folder, `hf://name`,
     # an image folder (one sub-folder per class) or an .npz of arrays (as MedMNIST ships:
@@ -555,12 +571,22 @@ class Recipe(Section):
             raise RecipeError(f"{source}: " + explain(e, data, cls)) from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
-        """Read a YAML recipe; `overrides` are `dotted.field=value` strings (like --set)."""
+    def from_yaml(
+        cls,
+        path: str | Path,
+        overrides: list[str] | None = None,
+        data_dir: str | Path | None = None,
+    ) -> Recipe:
+        """Read a YAML recipe; `overrides` are `dotted.field=value` strings (like --set).
+        Relative paths in the file resolve against its folder; a named data set's files
+        are found under `data_dir` (else FINEKIT_DATA, else ~/.cache/finekit/data)."""
         p = Path(path)
         data = read_yaml(p)
         if isinstance(data, dict):
             data.setdefault("name", p.stem)
+            # Paths given as overrides are the command line's (the working directory's).
+            given = apply_overrides({}, overrides or []).get("data", {})
+            resolve_paths(data, p, data_dir, skip=set(given) if isinstance(given, dict) else set())
         data = apply_overrides(data, overrides or [])
         return cls.from_dict(data, source=str(p))
 
