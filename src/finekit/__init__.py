@@ -3,6 +3,7 @@ provable. `from finekit import Recipe, finetune`."""
 
 from finekit.experiments.compare import compare  # noqa: E402
 from finekit.experiments.seeds import finetune_folds, finetune_seeds  # noqa: E402
+from finekit.experiments.tune import tune  # noqa: E402
 from finekit.recipe import Recipe  # noqa: E402
 from finekit.report import write_report  # noqa: E402
 from finekit.run import FinetuneResult, finetune, make_recipe  # noqa: E402
@@ -17,6 +18,7 @@ __all__ = [
     "finetune",
     "finetune_folds",
     "finetune_seeds",
+    "tune",
     "load_run",
     "make_recipe",
     "write_report",

@@ -288,6 +288,17 @@ def train(
             "mean ± std in folds.json"
         ),
     ] = None,
+    auto_tune: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Try N settings (rates, epochs; Optuna) on the validation split, never the "
+            "test, and train the best; the study is in OUTPUT/tune/ (rerun to resume)"
+        ),
+    ] = None,
+    auto_tune_budget: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Stop the --auto-tune search after this many seconds"),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune: from a recipe file, or from flags for the common case. Settings you do
@@ -314,6 +325,21 @@ def train(
         output,
         resume,
     )
+    if auto_tune is not None or auto_tune_budget is not None:
+        tuning = {"training.auto_tune": auto_tune or r.training.auto_tune}
+        if auto_tune_budget is not None:
+            tuning["training.auto_tune_budget"] = auto_tune_budget
+        r = r.with_overrides(tuning)
+    if r.training.auto_tune is not None:
+        from finekit.experiments.tune import tune
+
+        if seeds is not None or folds is not None or resume is not None:
+            raise RecipeError(
+                "--auto-tune resumes by itself (rerun the same command); it does not combine "
+                "with --seeds, --folds or --resume"
+            )
+        _print_result(tune(r, echo=typer.echo))
+        return
     if seeds is not None and folds is not None:
         raise RecipeError("--seeds and --folds each repeat the run; give one of them")
     if seeds is not None or folds is not None:

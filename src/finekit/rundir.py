@@ -4,7 +4,7 @@ recipe.yaml     the resolved recipe          metrics.jsonl   one JSON row per lo
 run.json        the summary (metrics...)     task.json       task state for inference
 checkpoints/    step-NNNNNNNN/ (atomic)      model/          exported, from_pretrained-able
 adapter/        PEFT adapter (peft format)   eval/           per-split metrics + plots
-train.log       the log
+train.log       the log                      tune/           --auto-tune's study and trials
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from finekit.recipe import Recipe
 RUN_JSON = "run.json"
 RECIPE = "recipe.yaml"
 TASK_JSON = "task.json"
+TUNE = "tune"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -63,7 +64,9 @@ def check_run_dir(recipe: Recipe, resume: bool, main_process: bool = True) -> Pa
                 f"{', '.join(diff)}; resume with the same recipe (or none: `--resume DIR`)"
             )
         return path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    # A folder holding only --auto-tune's search is where that search's chosen run goes.
+    only_tune = path.is_dir() and {p.name for p in path.iterdir()} <= {TUNE}
+    if path.exists() and not only_tune and (not path.is_dir() or any(path.iterdir())):
         if not path.is_dir() or not is_run_dir(path):
             raise RunDirError(
                 f"output directory {path} exists and is not a finekit run; choose another "

@@ -330,6 +330,11 @@ class TrainingSpec(Section):
     max_length: Annotated[int, Field(ge=8)] | Auto = AUTO
     group_by_length: bool = True  # batches of similar length: less padding, same results
     log_every: int = Field(1, ge=1)  # optimizer steps per metrics.jsonl row (1 = every step)
+    # Selection on validation (`finekit train --auto-tune N`): try N settings around the
+    # `auto` ones (rates, epochs; Optuna's TPE, the study in RUN/tune/, resumable) and train
+    # the one that validates best; the test split is never read while choosing. None: off.
+    auto_tune: int | None = Field(None, ge=2)
+    auto_tune_budget: float | None = Field(None, gt=0)  # seconds for the search; None: no cap
     # Checkpoint every N optimizer steps in addition to each epoch end (None: epochs only).
     checkpoint_every: Annotated[int, Field(ge=1)] | Auto | None = AUTO
     # Also at each epoch end (off for tiny data sets with hundreds of short epochs); the
@@ -403,6 +408,9 @@ class EvaluationSpec(Section):
     mode: Literal["auto", "max", "min"] = "auto"
     # Per-split plots (confusion matrix) and per-example predictions in run/eval/.
     artifacts: bool = True
+    # false: a test split (a file, or test_fraction held out of train) is never encoded or
+    # scored; auto-tune's trials run so, so choosing settings never reads the test.
+    score_test: bool = True
     # Also evaluate this many training examples (a fixed, seeded subset) at each evaluation:
     # the train/validation gap that shows overfitting. 0 disables.
     train_eval_samples: int = Field(256, ge=0)

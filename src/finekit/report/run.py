@@ -26,7 +26,7 @@ from finekit.report.html import (  # noqa: E402
     render,
     table,
 )
-from finekit.rundir import RECIPE, RUN_JSON, read_json  # noqa: E402
+from finekit.rundir import RECIPE, RUN_JSON, TUNE, read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 REPORT = "report.html"
@@ -212,6 +212,12 @@ def run_report(run_dir: Path) -> Path:
                 "".join(figure_from_file(p, p.stem.replace("_", " ")) for p in figures),
             )
         )
+    chosen = _auto_section(run.get("auto") or {})
+    if chosen:
+        sections.append(("Settings chosen from the data (auto)", chosen))
+    tuned = _tune_section(run_dir)
+    if tuned:
+        sections.append(("Auto-tune (chosen on validation)", tuned))
     sections.append(("Recipe (resolved)", f"<pre>{esc(recipe_text)}</pre>"))
     sections.append(("Run directory", _files_table(run_dir)))
     out = run_dir / REPORT
@@ -337,6 +343,50 @@ def _risks_section(run: dict[str, Any]) -> str:
             )
         )
     return "".join(parts)
+
+
+def _auto_section(auto: dict[str, Any]) -> str:
+    """What `training.auto` chose (and why), and what the user set over it."""
+    chosen, overridden = auto.get("chosen") or {}, auto.get("overridden") or {}
+    if not chosen and not overridden:
+        return ""
+    rows = [[k, _quantity(c["value"]), c["reason"], c["source"]] for k, c in chosen.items()]
+    rows += [
+        [k, _quantity(o["yours"]), f"yours (auto: {_quantity(o['auto'])}; {o['reason']})", "you"]
+        for k, o in overridden.items()
+    ]
+    facts = auto.get("facts") or {}
+    note = ", ".join(f"{k} {v}" for k, v in facts.items() if v is not None)
+    return table(["field", "value", "why", "source"], rows) + (
+        f"<p class=muted>From the data and the model: {esc(note)}.</p>" if note else ""
+    )
+
+
+def _tune_section(run_dir: Path) -> str:
+    """--auto-tune's search: every trial's validation score and settings, and its plot."""
+    path = run_dir / TUNE / "trials.json"
+    if not path.is_file():
+        return ""
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    rows = [
+        [
+            t["number"],
+            t["origin"],
+            "—" if t["value"] is None else f"{t['value']:.4f}",
+            ", ".join(f"{k}={v:.3g}" for k, v in (t.get("params") or {}).items()),
+            t.get("seconds") or "",
+        ]
+        for t in rec["trials"]
+    ]
+    plot = run_dir / TUNE / "trials.png"
+    return (
+        f"<p>{len(rec['trials'])} trials ({esc(rec['sampler'])}); validation "
+        f"{esc(rec['metric'])}: best {rec['best_value']:.4f} (trial {rec['best_trial']}) vs "
+        f"{rec['default_value']:.4f} with the auto settings. The test split was not read "
+        "while choosing.</p>"
+        + (figure_from_file(plot, "validation score per trial") if plot.is_file() else "")
+        + table(["trial", "origin", f"validation {rec['metric']}", "settings", "s"], rows)
+    )
 
 
 def _train_table(train: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.recipe import Recipe, deep_merge
 from finekit.run import stages
@@ -68,6 +69,11 @@ def finetune(
     continues from its newest complete checkpoint.
     """
     r = make_recipe(recipe, **sections)
+    if r.training.auto_tune is not None:
+        raise RecipeError(
+            "training.auto_tune searches over several runs: use finekit.tune(recipe) or "
+            "`finekit train --auto-tune N`"
+        )
     started = time.time()
     proc = process_state()  # accelerate's process info (rank, world size); no device work
     # 1. check: everything that can be wrong with the input fails here, before any write.

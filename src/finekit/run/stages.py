@@ -270,7 +270,11 @@ def encode(r: Recipe, s: Setup) -> Encoded:
     if hasattr(s.loaded.processor, "model_max_length"):
         s.loaded.processor.model_max_length = r.training.max_length
     proc = s.loaded.processor
-    splits = {name: s.task.encode(df, proc, name) for name, df in s.prepared.splits.items()}
+    splits = {
+        name: s.task.encode(df, proc, name)
+        for name, df in s.prepared.splits.items()
+        if name != "test" or r.evaluation.score_test
+    }
     trainable, total = count_parameters(s.model)
     log.info(
         "%s: %s trainable of %s parameters (%.2f%%)",
@@ -364,7 +368,8 @@ def baselines(r: Recipe, s: Setup, data: Encoded, eng: Engine) -> Baselines:
     if s.caps.baseline is not None:
         with base_view(s.model):  # e.g. prompt tuning's virtual tokens are not the base
             before = s.caps.baseline.baseline(s.model, proc, data.held_out(), bs)
-    rows = {**{n: df for n, df in s.prepared.splits.items() if n != "train"}, **s.eval_sets}
+    rows = {**{n: df for n, df in s.prepared.splits.items() if n in data.splits}, **s.eval_sets}
+    rows.pop("train", None)
     base_slices, probe = base_model_scores(r, s, data, rows)
     if probe is not None:  # classifiers: the linear probe's numbers as "before"
         for name, encoded in data.held_out().items():
@@ -584,7 +589,7 @@ def evaluate(
     metrics: dict[str, dict[str, Any]] = {}
     files: dict[str, Any] = {}
     for split, df in [*s.prepared.splits.items(), *s.eval_sets.items()]:
-        if split == "train":
+        if split == "train" or (split == "test" and not ev.score_test):
             continue
         m = exported.run.evaluate(
             df, sources.get(split, split), run_dir / "eval", split, require_slices=False
