@@ -81,6 +81,13 @@ def test_images_with_batchnorm_take_the_cnn_rates() -> None:
     assert (out.training.lr, out.training.head_lr) == (5e-4, 3e-3)
     assert out.training.epochs == 8  # 76 steps an epoch; the 600-step floor
     assert out.training.max_length == FALLBACK["training.max_length"]  # no tokens
+    assert out.task.image_size is None  # sides unknown: the processor's size
+    small = resolve(
+        r, facts(2428, lengths=None, parameters=4_650_000, batchnorm=True, image_sides=[28] * 9)
+    ).recipe
+    assert small.task.image_size == 64  # 28 px X-rays: ~2x, as measured
+    vit = resolve(r, facts(2428, lengths=None, parameters=5_000_000, image_sides=[28] * 9))
+    assert vit.recipe.task.image_size is None  # a ViT keeps its processor's size
 
 
 def test_a_user_setting_is_kept_and_reported_as_overridden() -> None:

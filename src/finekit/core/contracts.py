@@ -339,6 +339,14 @@ class MeasuresInputs(Protocol):
     def input_lengths(self, df: pd.DataFrame, processor: Any) -> list[int]: ...
 
 
+@runtime_checkable
+class MeasuresImages(Protocol):
+    """Image inputs: the longer side of each prepared image in pixels (the `auto` rules
+    choose the input resolution from them)."""
+
+    def image_sides(self, df: pd.DataFrame) -> list[int]: ...
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """Which optional capabilities a task has: each field is the task itself (typed as
@@ -355,6 +363,7 @@ class Capabilities:
     report_sections: HasReportSections | None
     files: ReadsFiles | None
     lengths: MeasuresInputs | None
+    images: MeasuresImages | None
 
 
 CAPABILITIES: dict[str, type] = {
@@ -369,6 +378,7 @@ CAPABILITIES: dict[str, type] = {
     "report_sections": HasReportSections,
     "files": ReadsFiles,
     "lengths": MeasuresInputs,
+    "images": MeasuresImages,
 }
 
 

@@ -265,7 +265,7 @@ def check_sizes(
     for i, seed in enumerate(seeds):
         if i and not largest_size:
             break
-        task = build_task(recipe.task)
+        task = build_task(with_fallbacks(recipe).task)
         prepared = task.prepare(
             read_splits(base.data), with_fallbacks(base.with_overrides({"training.seed": seed}))
         )
@@ -454,7 +454,7 @@ def aggregate(
 ) -> dict[str, Any]:
     from finekit.tasks import build_task
 
-    task = build_task(recipe.task)
+    task = build_task(with_fallbacks(recipe).task)
     metric = recipe.evaluation.metric
     split = "test" if all("test" in x["run"].get("metrics", {}) for x in runs) else "validation"
     cells = []

@@ -56,6 +56,12 @@ FALLBACK: dict[str, Any] = {
 AUTO_FIELDS = tuple(FALLBACK)
 
 
+def fallbacks(recipe: Recipe) -> dict[str, Any]:
+    """Every field `auto` can fill in this recipe: the shared ones and the task's own
+    (`TaskConfig.auto_fields`, e.g. task.image_size), with their fixed defaults."""
+    return {**FALLBACK, **{f"task.{k}": v for k, v in recipe.task.auto_fields.items()}}
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """What the rules may look at: measured on the prepared training data and the model."""
@@ -68,6 +74,7 @@ class DataFacts:
     parameters: int = 0  # of the loaded model, before the method freezes any
     batchnorm: bool = False  # the model normalises with BatchNorm (CNNs)
     max_positions: int | None = None  # the model's longest input, where it has one
+    image_sides: list[int] | None = None  # images: the longer side of each, in pixels
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,6 +85,8 @@ class DataFacts:
             "batchnorm": self.batchnorm,
             "max_positions": self.max_positions,
         }
+        if self.image_sides:
+            out["image_side_median"] = sorted(self.image_sides)[len(self.image_sides) // 2]
         if self.lengths:
             s = sorted(self.lengths)
             out["length_p50"] = s[len(s) // 2]
@@ -119,10 +128,11 @@ class Proposals:
         current = get_field(self.recipe, dotted)
         if current != AUTO:
             return current
+        fixed = fallbacks(self.recipe)[dotted]
         if not self.recipe.training.auto:
-            return FALLBACK[dotted]
+            return fixed
         chosen = self.choices.get(dotted)
-        return chosen.value if chosen is not None else FALLBACK[dotted]
+        return chosen.value if chosen is not None else fixed
 
 
 @dataclass
@@ -162,14 +172,15 @@ def _fmt(v: Any) -> str:
 
 
 def auto_fields(recipe: Recipe) -> list[str]:
-    return [f for f in AUTO_FIELDS if get_field(recipe, f) == AUTO]
+    return [f for f in fallbacks(recipe) if get_field(recipe, f) == AUTO]
 
 
 def with_fallbacks(recipe: Recipe) -> Recipe:
     """Every `auto` field at its fixed default: the provisional recipe data is prepared
     with before the rules have seen it."""
     todo = auto_fields(recipe)
-    return recipe.with_overrides({f: FALLBACK[f] for f in todo}) if todo else recipe
+    fixed = fallbacks(recipe)
+    return recipe.with_overrides({f: fixed[f] for f in todo}) if todo else recipe
 
 
 def resolve(recipe: Recipe, facts: DataFacts) -> Resolution:
@@ -182,17 +193,15 @@ def resolve(recipe: Recipe, facts: DataFacts) -> Resolution:
             p.choices["training.lr"] = Choice(*adapted)
     chosen: dict[str, Choice] = {}
     overridden: dict[str, dict[str, Any]] = {}
-    for f in AUTO_FIELDS:
+    for f, fixed in fallbacks(recipe).items():
         rule = p.choices.get(f)
         current = get_field(recipe, f)
         if current == AUTO:
             if not recipe.training.auto:
-                chosen[f] = Choice(
-                    FALLBACK[f], "training.auto is off: the fixed default", "FALLBACK"
-                )
+                chosen[f] = Choice(fixed, "training.auto is off: the fixed default", "FALLBACK")
             elif rule is None:
                 chosen[f] = Choice(
-                    FALLBACK[f],
+                    fixed,
                     f"no rule for task {recipe.task.name!r}: the fixed default",
                     "FALLBACK",
                 )

@@ -97,6 +97,8 @@ class TaskConfig(Section):
     generates: ClassVar[bool] = False
     # evaluation.metric when the recipe names none (the task's headline metric).
     default_metric: ClassVar[str] = "accuracy"
+    # The task's own fields that may be `auto`, with their fixed defaults (auto off).
+    auto_fields: ClassVar[dict[str, Any]] = {}
 
     def input_kind(self) -> str | None:
         """The kind of input (`text`, `image`...) augmentation is chosen for; None = the

@@ -87,7 +87,9 @@ class Setup:
 def setup(r: Recipe) -> Setup:
     """data -> task -> model -> `auto` settings -> method, with every input check; writes
     nothing. The returned Setup holds the resolved recipe the later stages use."""
-    task = build_task(r.task)
+    # Built and prepared first with the fixed defaults: the `auto` rules need the data.
+    provisional = auto.with_fallbacks(r)
+    task = build_task(provisional.task)
     caps = capabilities(task)
     raw = read_splits(r.data)
     # A retention measure as evaluation.metric is checked against the model below; the
@@ -98,8 +100,7 @@ def setup(r: Recipe) -> Setup:
     def as_task(x: Recipe) -> Recipe:
         return x.with_overrides({"evaluation.metric": own}) if by_retention else x
 
-    # Prepared first with the fixed defaults: the `auto` rules need the prepared data.
-    prepared = task.prepare(raw, as_task(auto.with_fallbacks(r)))
+    prepared = task.prepare(raw, as_task(provisional))
     check_slices(r, prepared, raw)
     replay = read_replay(r.data, task) if r.data.replay is not None else None
     eval_sets = read_eval_sets(r, task)  # edge cases and guard sets: bad files fail here
@@ -112,6 +113,8 @@ def setup(r: Recipe) -> Setup:
     resolution = auto.resolve(r, data_facts(r, caps, prepared, loaded))
     r = resolution.recipe
     if resolution.chosen:  # the task keeps what it reads of the recipe (max_length...)
+        task = build_task(r.task)
+        caps = capabilities(task)
         prepared = task.prepare(raw, as_task(r))
     check_max_length(loaded.model, concrete(r.training.max_length, "training.max_length"))
     for name, length in r.task.length_fields().items():
@@ -146,11 +149,11 @@ def resolve_auto(r: Recipe) -> Resolution:
     """What `auto` chooses for this recipe on its data, without training: the data read and
     prepared, the model loaded (for its size and limits). `finekit check` and the compare
     ladder's baselines use it; a run resolves inside `setup`."""
-    task = build_task(r.task)
+    provisional = auto.with_fallbacks(r)
+    task = build_task(provisional.task)
     caps = capabilities(task)
     raw = read_splits(r.data)
     own = task.metric_names[0]
-    provisional = auto.with_fallbacks(r)
     if r.evaluation.metric in RETENTION_METRICS:
         provisional = provisional.with_overrides({"evaluation.metric": own})
     prepared = task.prepare(raw, provisional)
@@ -168,7 +171,9 @@ def data_facts(r: Recipe, caps: Capabilities, prepared: Prepared, loaded: Loaded
         lengths = caps.lengths.input_lengths(train, loaded.processor)
     config = getattr(loaded.model, "config", None)
     positions = getattr(config, "max_position_embeddings", None)
+    sides = caps.images.image_sides(train) if caps.images is not None else None
     return DataFacts(
+        image_sides=sides,
         n_train=len(train),
         n_validation=0 if val is None else len(val),
         n_classes=len(caps.classes.labels) if caps.classes is not None else None,

@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from finekit.data.readers import looks_like_images
 from finekit.recipe import Recipe, TaskConfig
-from finekit.recipe.auto import Proposals, encoder_lr, schedule_rule, text_encoder_rules
+from finekit.recipe.auto import (
+    AUTO,
+    Auto,
+    Proposals,
+    encoder_lr,
+    schedule_rule,
+    text_encoder_rules,
+)
+
+SIDES = (32, 64, 112, 160, 224)
+
+
+def image_size_rule(p: Proposals) -> None:
+    """task.image_size: for a CNN (any input size), the smallest of SIDES at least twice
+    the images' median side, at most 224; other backbones keep their processor's size.
+    Source: benchmarks/README.md "Input resolution" (28 px X-rays: 64 px 0.968 AUC in 91 s,
+    112 px 0.971 in 214 s, 28 px 0.951)."""
+    src = "benchmarks/README.md (input resolution on 28 px chest X-rays)"
+    sides = p.facts.image_sides
+    if not sides or not p.facts.batchnorm:
+        why = "not a BatchNorm CNN" if sides else "image sides unknown"
+        p.propose("task.image_size", None, f"the backbone processor's size ({why})", src)
+        return
+    native = sorted(sides)[len(sides) // 2]
+    value = next((s for s in SIDES if s >= 2 * native), SIDES[-1])
+    p.propose(
+        "task.image_size",
+        value,
+        f"images of {native} px (median side): about 2x, a CNN's ImageNet features need "
+        "some resolution, and cost grows with its square",
+        src,
+    )
 
 
 class ClassifyConfig(TaskConfig):
@@ -29,9 +60,11 @@ class ClassifyConfig(TaskConfig):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     # Images: the square input side in pixels (None: the backbone processor's size).
     # Small scans upscaled to 224 px cost ~16x the compute of 56 px.
-    image_size: int | None = Field(None, ge=8, le=1024)
+    # auto: about twice the images' own side for CNNs (28 px scans -> 64 px), else None.
+    image_size: Annotated[int, Field(ge=8, le=1024)] | Auto | None = AUTO
 
     has_classes: ClassVar[bool] = True
+    auto_fields: ClassVar[dict[str, Any]] = {"image_size": None}
 
     @field_validator("label_names", mode="before")
     @classmethod
@@ -51,10 +84,12 @@ class ClassifyConfig(TaskConfig):
 
     def auto_defaults(self, p: Proposals) -> None:
         if self.modality != "image":
+            p.propose("task.image_size", None, "text input", "-")
             # benchmarks/README.md "What the ladder caught": head rate 0.1 chosen on
             # Banking77's validation split (0.812 / 0.834 / 0.835 at 2e-3 / 0.02 / 0.1).
             text_encoder_rules(p, 0.1, "benchmarks/README.md (head-rate sweep on Banking77)")
             return
+        image_size_rule(p)
         p.propose("training.batch_size", 32, "the image recipes' batch", "recipes/chest-xray.yaml")
         if p.facts.batchnorm:
             p.propose(

@@ -27,6 +27,7 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError
 from finekit.evaluate.metrics import probability_metrics
 from finekit.recipe import Recipe
+from finekit.recipe.auto import concrete
 from finekit.tasks.classify.common import (
     as_label,
     check_metric,
@@ -83,7 +84,7 @@ class ImageClassifyTask:
         self.label_column = "label"
         self.image_column = "image"
         self.on_bad_image = "error"
-        self.size: int | None = config.image_size
+        self.size: int | None = concrete(config.image_size, "task.image_size")
         self.mean: list[float] = [0.5, 0.5, 0.5]
         self.std: list[float] = [0.5, 0.5, 0.5]
         self.positive: int | None = None
@@ -96,6 +97,9 @@ class ImageClassifyTask:
         self._geometry_ready = False  # size/mean/std known (from the processor or state)
 
     # ------------------------------------------------------------------ data
+    def image_sides(self, df: pd.DataFrame) -> list[int]:
+        return [int(max(a.shape[:2])) for a in df[self.image_column]]
+
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
         d = recipe.data
         self.image_column = d.image_column or "image"
