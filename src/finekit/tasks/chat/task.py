@@ -126,7 +126,9 @@ class ChatConfig(TaskConfig):
         )  # LoRA and the other adapters raise it (method auto_lr): 2e-4, as the recipe
         p.propose("training.head_lr", None, "no new head: the LM head is pre-trained", src)
         p.propose("training.warmup_ratio", 0.05, "short warm-up (5% of steps)", src)
-        length_rule(p, 0.95, 1024, f"{src}; longer conversations are truncated and counted")
+        # Every conversation whole (a cut one loses its last replies, which are what is
+        # learned and scored), within 1024 tokens.
+        length_rule(p, 1.0, 1024, f"{src} (512: no conversation cut)")
         # ~2 passes (support-bot: 120 steps over ~450 dialogs at batch 8); evaluation
         # generates replies, so at most ~4 per run; the loss keeps falling: no early stop.
         schedule_rule(p, floor_steps=100, min_epochs=2, source=src, evaluations=4, small=0)
