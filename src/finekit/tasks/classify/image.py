@@ -27,7 +27,7 @@ from finekit.data.splits import Splits
 from finekit.errors import DataError
 from finekit.evaluate.metrics import probability_metrics
 from finekit.recipe import Recipe
-from finekit.recipe.auto import concrete
+from finekit.recipe.auto import AUTO, concrete
 from finekit.tasks.classify.common import (
     as_label,
     check_metric,
@@ -84,7 +84,9 @@ class ImageClassifyTask:
         self.label_column = "label"
         self.image_column = "image"
         self.on_bad_image = "error"
-        self.size: int | None = concrete(config.image_size, "task.image_size")
+        # `auto` until the run resolves it (setup rebuilds the task): the processor's size.
+        size = config.image_size
+        self.size: int | None = None if size == AUTO else concrete(size, "task.image_size")
         self.mean: list[float] = [0.5, 0.5, 0.5]
         self.std: list[float] = [0.5, 0.5, 0.5]
         self.positive: int | None = None
