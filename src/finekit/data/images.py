@@ -158,8 +158,9 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 def _open(path: Any) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.load()  # decode now: a truncated file fails here, not later
+    with Image.open(path) as opened:
+        opened.load()  # decode now: a truncated file fails here, not later
+        im: Image.Image = opened
         if im.mode == "P":  # palette images: their colours, not the indices
             im = im.convert("RGB")
         if im.mode in ("1", "L", "LA"):
