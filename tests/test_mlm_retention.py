@@ -49,7 +49,13 @@ def _recipe(model: Path, toy_data: dict, tmp_path: Path, **over: Any) -> Recipe:
         {
             "model": str(model),
             "data": {"train": str(toy_data["train"]), "test": str(toy_data["test"])},
-            "training": {"epochs": 4, "batch_size": 16, "lr": 1e-2, "precision": "fp32"},
+            "training": {
+                "auto": False,  # the whole schedule, last weights: forgetting is measured
+                "epochs": 4,
+                "batch_size": 16,
+                "lr": 1e-2,
+                "precision": "fp32",
+            },
             "evaluation": {"retention_reference": str(ref)},
             "output": {"dir": str(tmp_path / "run")},
         }

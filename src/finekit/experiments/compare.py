@@ -328,6 +328,12 @@ def compare(
             )
     seed_list = [recipe.training.seed + i for i in range(seeds)]
     classes, counts, total_train = check_sizes(recipe, size_list, seed_list)
+    # The rungs' own tuning grids (scratch's head rates) start from the recipe's numbers.
+    numbers = recipe
+    if auto_fields(recipe):
+        from finekit.run.stages import resolve_auto
+
+        numbers = resolve_auto(recipe).recipe
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_yaml(stored)
     method_name = recipe.method.name
@@ -343,7 +349,7 @@ def compare(
             else total_train or 0
         )
         tag = f"[{i}/{len(cells)}] {rung:<13} size={size!s:<5} seed={seed}"
-        grid = RUNGS[rung].tune(recipe) if rung in RUNGS else []
+        grid = RUNGS[rung].tune(numbers) if rung in RUNGS else []
         tries = []
         for label, extra in grid if len(grid) > 1 else [("", {})]:
             d = run_dir / label if label else run_dir

@@ -171,6 +171,13 @@ def _fmt(v: Any) -> str:
     return "none" if v is None else str(v)
 
 
+def setting(recipe: Recipe, dotted: str) -> Any:
+    """A field's value, or its fixed default while it is still `auto` (a task prepared
+    outside a run, e.g. by a test; runs resolve every `auto` field first)."""
+    value = get_field(recipe, dotted)
+    return fallbacks(recipe)[dotted] if value == AUTO else value
+
+
 def auto_fields(recipe: Recipe) -> list[str]:
     return [f for f in fallbacks(recipe) if get_field(recipe, f) == AUTO]
 
@@ -284,6 +291,13 @@ def schedule_rule(
         p.propose("training.checkpoint_each_epoch", True, why, source)
     if p.facts.n_validation == 0:
         p.propose("evaluation.patience", None, "no validation split: no early stopping", source)
+    elif small <= 0:
+        p.propose(
+            "evaluation.patience",
+            None,
+            "the metric keeps improving over this task's schedule: no early stopping",
+            source,
+        )
     elif p.facts.n_train <= small:
         p.propose(
             "evaluation.patience",

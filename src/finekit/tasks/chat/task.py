@@ -41,7 +41,7 @@ from finekit.data.splits import Splits, fold_holdout
 from finekit.errors import DataError, ModelError, RecipeError
 from finekit.evaluate.generation import generation_scores
 from finekit.recipe import Recipe, RuleSpec, Section, TaskConfig
-from finekit.recipe.auto import Proposals, concrete, length_rule, schedule_rule
+from finekit.recipe.auto import Proposals, length_rule, schedule_rule, setting
 from finekit.tasks.lm.causal import (
     IGNORE,
     CausalLMConfig,
@@ -178,7 +178,7 @@ class ChatTask:
     # ------------------------------------------------------------------ data
     def prepare(self, splits: Splits, recipe: Recipe) -> Prepared:
         d = recipe.data
-        self.max_length = concrete(recipe.training.max_length, "training.max_length")
+        self.max_length = setting(recipe, "training.max_length")
         self.seed = recipe.training.seed
         self.model_name = recipe.model.path
         self.rules = recipe.evaluation.rules

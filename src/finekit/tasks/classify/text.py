@@ -25,7 +25,7 @@ from finekit.data.augment.text import EdaSettings, eda, example_rng
 from finekit.data.readers import require_columns
 from finekit.data.splits import Splits
 from finekit.recipe import Recipe
-from finekit.recipe.auto import concrete
+from finekit.recipe.auto import setting
 from finekit.tasks.classify.common import (
     as_label,
     check_metric,
@@ -77,7 +77,7 @@ class ClassifyTask:
             d.text_pair_column,
             d.label_column,
         )
-        self.max_length = concrete(recipe.training.max_length, "training.max_length")
+        self.max_length = setting(recipe, "training.max_length")
         self.seed = recipe.training.seed
         eda = EdaSettings.from_spec(d.augment)
         self.text_augment = eda if eda.active else None

@@ -616,6 +616,12 @@ def corpus_rules(p: Proposals, block_size: int, kind: str) -> None:
     )  # LoRA raises it (method auto_lr)
     p.propose("training.head_lr", None, "no new head: the LM head is pre-trained", src)
     p.propose("training.warmup_ratio", 0.05, "short warm-up (5% of steps)", src)
+    p.propose(
+        "training.max_length",
+        block_size,
+        "the model reads blocks of task.block_size tokens",
+        "task.block_size",
+    )
     lengths = p.facts.lengths or []
     blocks = sum(n + 1 for n in lengths) // block_size  # +1: the separator of each document
     # ~2 passes over a small corpus (shakespeare-cpt: 300 steps x 8 blocks), one over a

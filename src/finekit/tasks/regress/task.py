@@ -22,7 +22,7 @@ from finekit.data.readers import require_columns
 from finekit.data.splits import Splits
 from finekit.errors import DataError, RecipeError
 from finekit.recipe import Recipe
-from finekit.recipe.auto import concrete
+from finekit.recipe.auto import setting
 from finekit.tasks.regress.config import RegressConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RegressTask:
         self.text_column, self.pair_column = d.text_column, d.text_pair_column
         self.target_column, self.max_length = (
             d.label_column,
-            concrete(recipe.training.max_length, "training.max_length"),
+            setting(recipe, "training.max_length"),
         )
         if recipe.evaluation.metric not in self.metric_names:
             raise RecipeError(
