@@ -315,3 +315,17 @@ def test_compare_counts_token_blocks_for_a_language_model(
     (g,) = [g for g in result["gains"] if g["size"] == "full"]
     assert g["values"] == [pytest.approx(ppl[("scratch", "full")] - ppl[("recipe", "full")])]
     assert (out / "report.html").is_file() and (out / "learning_curve.png").stat().st_size > 1000
+
+
+def test_check_takes_one_batch_of_blocks_from_a_corpus(
+    tiny_llama: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """A corpus row is a whole document of many blocks: `finekit check` steps on one batch,
+    and writes nothing."""
+    from finekit.run import make_recipe
+    from finekit.run.check import check
+
+    res = check(make_recipe(_recipe(tiny_llama, corpus_dir, tmp_path / "run")))
+    assert res.loss > 0 and res.grad_norm > 0
+    assert res.recipe.training.max_length == 16  # the task's blocks
+    assert not (tmp_path / "run").exists()

@@ -44,7 +44,7 @@ def test_relative_paths_resolve_against_the_recipe_folder(
     assert r.evaluation.guard[0].path == str(tmp_path / "project" / "recipes" / "guard.csv")
     # A path given on the command line is the working directory's.
     r2 = Recipe.from_yaml(f, overrides=["data.train=mine.csv"])
-    assert r2.data.train == "mine.csv"
+    assert r2.data.train == str(tmp_path / "mine.csv")
 
 
 def test_a_named_data_set_is_found_in_the_data_dir(
@@ -98,3 +98,35 @@ def test_shipped_recipes_name_their_data_sets(monkeypatch: pytest.MonkeyPatch) -
             continue  # stsb: files that benchmarks/stsb.py prepares
         with pytest.raises(DataError, match=r"licence: .*put .* in /nonexistent/"):
             Recipe.from_yaml(path)
+
+
+def test_paths_from_flags_are_stored_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory's recipe reads the same from anywhere: flags and dict paths are the
+    working directory's, made absolute before they are stored."""
+    from finekit.run import make_recipe
+
+    monkeypatch.chdir(tmp_path)
+    r = make_recipe({"model": "org/model", "data": {"train": "train.csv"}})
+    assert r.data.train == str(tmp_path / "train.csv")
+    stored = write(tmp_path / "runs" / "x" / "recipe.yaml", r.to_dict())
+    monkeypatch.chdir("/")
+    assert Recipe.from_yaml(stored).data.train == str(tmp_path / "train.csv")
+
+
+def test_flags_replace_a_named_data_set_s_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finekit.cli import _build_recipe
+
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)
+    f = write(
+        tmp_path / "r.yaml",
+        {"model": "org/model", "data": {"dataset": DATASET, "train": "train.csv"}},
+    )
+    r = _build_recipe(f, None, {"data": {"train": "mine.csv"}})
+    assert r.data.train == str(tmp_path / "mine.csv")  # the data set is not looked for
+    r2 = _build_recipe(f, ["data.train=other.csv"], {})
+    assert r2.data.train == str(tmp_path / "other.csv")

@@ -104,3 +104,18 @@ def test_finetune_refuses_auto_tune_and_needs_validation(tiny_recipe: Recipe) ->
     no_val = tiny_recipe.with_overrides({"training.auto_tune": 4, "data.validation_fraction": 0.0})
     with pytest.raises(RecipeError, match="validation"):
         tune(no_val)
+
+
+def test_auto_tune_refuses_a_folder_it_did_not_make_before_any_trial(
+    tiny_recipe: Recipe, tmp_path: Path
+) -> None:
+    from finekit import tune
+    from finekit.errors import RunDirError
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    r = tiny_recipe.with_overrides({"training.auto_tune": 2, "output.dir": str(foreign)})
+    with pytest.raises(RunDirError, match="not an --auto-tune run"):
+        tune(r)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

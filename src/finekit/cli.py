@@ -141,7 +141,8 @@ def _build_recipe(
     from finekit.run import make_recipe
 
     if recipe is not None:
-        base = Recipe.from_yaml(recipe, data_dir=data_dir).to_dict()
+        replaced = set(sections.get("data", {}))  # flags name their own files
+        base = Recipe.from_yaml(recipe, sets, data_dir, replaced).to_dict()
     elif "model" in sections and "data" in sections:
         base = {"name": Path(sections["data"].get("train", "run")).stem}
     else:
@@ -325,6 +326,8 @@ def train(
         output,
         resume,
     )
+    if auto_tune_budget is not None and auto_tune is None and r.training.auto_tune is None:
+        raise RecipeError("--auto-tune-budget caps an --auto-tune search: give --auto-tune N")
     if auto_tune is not None or auto_tune_budget is not None:
         tuning = {"training.auto_tune": auto_tune or r.training.auto_tune}
         if auto_tune_budget is not None:

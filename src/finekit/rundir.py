@@ -83,7 +83,13 @@ def check_run_dir(recipe: Recipe, resume: bool, main_process: bool = True) -> Pa
 def create_run_dir(recipe: Recipe, path: Path) -> Path:
     """Make the run directory (replacing an old run when allowed by `check_run_dir`)."""
     if path.exists() and is_run_dir(path):
-        shutil.rmtree(path)
+        for child in path.iterdir():  # an --auto-tune search (tune/) outlives its run
+            if child.name == TUNE:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     recipe.model_copy(
         update={"output": recipe.output.model_copy(update={"dir": str(path)})}
@@ -119,20 +125,25 @@ def mark_failed(path: Path, error: BaseException) -> None:
 
 
 def recipe_diff(a: Recipe, b: Recipe) -> list[str]:
-    """Dotted fields that differ, ignoring where the output goes."""
+    """Dotted fields that differ, ignoring where the output goes. A field `auto` can fill
+    matches either way (a stored recipe holds its resolved value; `auto` resolves the same
+    way on the same data)."""
+    from finekit.recipe.auto import fallbacks
+
     da, db = a.to_dict(), b.to_dict()
     for d in (da, db):
         d.pop("output", None)
-    return _diff(da, db, "")
+    resolvable = set(fallbacks(a)) | set(fallbacks(b))
+    return _diff(da, db, "", resolvable)
 
 
-def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+def _diff(a: Any, b: Any, prefix: str, resolvable: set[str]) -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.", resolvable)
         return out
-    if "auto" in (a, b):  # `auto` resolves the same way on the same data
+    if "auto" in (a, b) and prefix.rstrip(".") in resolvable:
         return []
     return [] if a == b else [prefix.rstrip(".")]
 

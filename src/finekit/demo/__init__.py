@@ -49,6 +49,7 @@ def demo_recipe(output_dir: str | None = None) -> Recipe:
             },
             "method": "full",
             "training": {
+                "auto": False,  # hand-tuned, as recorded; `finekit train` flags-only: auto
                 "epochs": 10,  # few examples: more passes; ~270 x 10 samples
                 "batch_size": 16,
                 "lr": 1e-4,  # encoder body

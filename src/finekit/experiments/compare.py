@@ -19,7 +19,7 @@ from typing import Any
 
 from finekit.errors import DataError, RecipeError, RunDirError
 from finekit.recipe import Recipe
-from finekit.recipe.auto import AUTO, auto_fields, concrete, with_fallbacks
+from finekit.recipe.auto import auto_fields, concrete, get_field, with_fallbacks
 from finekit.rundir import RECIPE, is_run_dir, read_json, recipe_diff, write_json
 
 log = logging.getLogger(__name__)
@@ -173,14 +173,18 @@ def rung_recipe(
     """The recipe of one cell of the ladder (`extra`: one tuning candidate's training
     overrides)."""
     cell = _cell(recipe, rung, size, seed, out, classes)
-    if rung == "recipe" and cell.training.epochs == AUTO:
-        return cell  # `auto` sizes the schedule itself (a floor of 300 steps)
     if auto_fields(cell):
-        # The baselines are defined relative to the recipe's numbers (scratch: 2x epochs, a
-        # higher rate...): resolve them on this cell's data first.
+        # Every rung gets the same budget (the epochs floor below) and the baselines are
+        # defined relative to the recipe's numbers (scratch: 2x epochs, a higher rate...):
+        # resolve them on this cell's data first. A baseline's numbers are a full
+        # fine-tune's (a LoRA recipe's adapter rate would wreck a fully trained body).
         from finekit.run.stages import resolve_auto
 
-        cell = resolve_auto(cell).recipe
+        as_full = cell if rung == "recipe" else cell.with_overrides({"method": {"name": "full"}})
+        numbers = resolve_auto(as_full).recipe
+        cell = cell.with_overrides(
+            {f: get_field(numbers, f) for f in auto_fields(cell) if f != "method"}
+        )
     epochs = cell_epochs(cell, n_train, min_steps)
     upd0: dict[str, Any] = {"training.epochs": epochs}
     if epochs > 10 and n_train > 0:
@@ -333,7 +337,7 @@ def compare(
     if auto_fields(recipe):
         from finekit.run.stages import resolve_auto
 
-        numbers = resolve_auto(recipe).recipe
+        numbers = resolve_auto(recipe.with_overrides({"method": {"name": "full"}})).recipe
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_yaml(stored)
     method_name = recipe.method.name

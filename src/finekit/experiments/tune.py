@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finekit.errors import RecipeError
+from finekit.errors import RecipeError, RunDirError
 from finekit.recipe import Recipe
 from finekit.recipe.auto import concrete
 from finekit.rundir import TUNE
@@ -84,7 +84,7 @@ def tune(recipe: Recipe, echo: Callable[[str], Any] = print) -> Any:
     FinetuneResult (with `summary["auto_tune"]`)."""
     from finekit.run import FinetuneResult, finetune
     from finekit.run.stages import resolve_auto
-    from finekit.rundir import RUN_JSON, default_dir, is_run_dir, read_json, write_json
+    from finekit.rundir import RECIPE, RUN_JSON, is_run_dir, read_json, recipe_diff, write_json
 
     n = recipe.training.auto_tune
     if n is None:
@@ -94,8 +94,17 @@ def tune(recipe: Recipe, echo: Callable[[str], Any] = print) -> Any:
             "--auto-tune chooses on the validation split: give data.validation or keep "
             "data.validation_fraction above 0"
         )
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise RecipeError(
+            "--auto-tune runs its trials one after another in one process; launch it without "
+            "torchrun/accelerate (each trial may still use one GPU)"
+        )
     optuna = _optuna()
-    out = Path(recipe.output.dir or default_dir(recipe))
+    # A fixed default folder, so that rerunning the command resumes the search.
+    out = Path(recipe.output.dir or Path("runs") / f"{recipe.name}-tune")
+    _check_out(out, recipe)
     tune_dir = out / TUNE
     tune_dir.mkdir(parents=True, exist_ok=True)
     # Everything that chooses runs on this recipe: a test file is not even opened, a test
@@ -126,10 +135,14 @@ def tune(recipe: Recipe, echo: Callable[[str], Any] = print) -> Any:
         direction="maximize" if mode == "max" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=recipe.training.seed),
     )
-    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    for t in stale:  # an interrupted search: that trial reruns from scratch
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # Seeded by the trials so far: a resumed search does not redraw its first samples.
+    study.sampler = optuna.samplers.TPESampler(seed=recipe.training.seed + len(study.trials))
+    states = optuna.trial.TrialState
+    for t in study.trials:
+        if t.state == states.RUNNING:  # an interrupted search: that trial reruns first
+            study.tell(t.number, state=states.FAIL)
+            study.enqueue_trial(t.params, user_attrs=dict(t.user_attrs))
+    done = [t for t in study.trials if t.state == states.COMPLETE]
     if not study.trials:
         study.enqueue_trial(space.defaults(), user_attrs={"origin": "auto"})
 
@@ -149,8 +162,9 @@ def tune(recipe: Recipe, echo: Callable[[str], Any] = print) -> Any:
         t0 = time.time()
         res = finetune(r)
         value = res.metrics.get("validation", {}).get(metric)
-        if not isinstance(value, int | float) or math.isnan(value):
-            raise RecipeError(f"trial {trial.number}: no validation {metric} in {trial_dir}")
+        if not isinstance(value, int | float) or math.isnan(value):  # e.g. diverged
+            echo(f"  trial {trial.number}: no validation {metric} (diverged?); pruned")
+            raise optuna.TrialPruned()
         trial.set_user_attr("seconds", round(time.time() - t0, 1))
         trial.set_user_attr("steps", res.train.get("steps"))
         echo(
@@ -173,23 +187,47 @@ def tune(recipe: Recipe, echo: Callable[[str], Any] = print) -> Any:
     record = _record(study, optuna, metric, mode, best, chosen)
     (tune_dir / TRIALS_JSON).write_text(json.dumps(record, indent=2) + "\n")
     trials_plot(record, tune_dir / "trials.png")
+    default = record["default_value"]
     echo(
         f"auto-tune: best trial {best.number} (validation {metric} {best.value:.4f}; the auto "
-        f"settings: {record['default_value']:.4f}); training it into {out}"
+        f"settings: {'n/a' if default is None else f'{default:.4f}'}); training it into {out}"
     )
     final = recipe.with_overrides(
         {**chosen, "training.auto_tune": None, "output.dir": str(out), "output.overwrite": False}
     )
     run = read_json(out / RUN_JSON) if is_run_dir(out) else {}
-    if run.get("status") == "completed":  # a rerun of a finished search
+    same = bool(run) and not recipe_diff(Recipe.from_yaml(out / RECIPE), final)
+    if run.get("status") == "completed" and same:  # a rerun of a finished search
         result = FinetuneResult(out, out / "model", run["metrics"], run["train"], run)
     else:
-        result = finetune(final, resume=bool(run))
+        # An unfinished final run of this setting resumes; one of an earlier choice (a
+        # search since extended) is replaced (its tune/ folder stays).
+        result = finetune(
+            final.with_overrides({"output.overwrite": bool(run) and not same}), resume=same
+        )
         run = read_json(out / RUN_JSON)
     run["auto_tune"] = {k: v for k, v in record.items() if k != "trials"}
     write_json(out / RUN_JSON, run)
     result.summary["auto_tune"] = record
     return result
+
+
+def _check_out(out: Path, recipe: Recipe) -> None:
+    """Before any trial: the output folder must be new, empty, or an earlier --auto-tune
+    of this recipe (its tune/ folder, with or without the chosen run)."""
+    from finekit.rundir import is_run_dir
+
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if (
+        not out.is_dir()
+        or not (out / TUNE).is_dir()
+        or ({p.name for p in out.iterdir()} != {TUNE} and not is_run_dir(out))
+    ):
+        raise RunDirError(
+            f"output directory {out} exists and is not an --auto-tune run; choose another "
+            "--output (finekit never writes into folders it did not make)"
+        )
 
 
 def _record(
@@ -207,7 +245,8 @@ def _record(
         }
         for t in study.trials
     ]
-    default = next((t for t in trials if t["origin"] == "auto"), None)
+    autos = [t for t in trials if t["origin"] == "auto" and t["value"] is not None]
+    default = autos[-1] if autos else None
     return {
         "metric": metric,
         "mode": mode,
@@ -215,7 +254,7 @@ def _record(
         "best_trial": best.number,
         "best_value": best.value,
         "chosen": chosen,
-        "default_value": default["value"] if default else float("nan"),
+        "default_value": default["value"] if default else None,
         "sampler": "optuna TPESampler",
         "test_read": False,
     }

@@ -225,14 +225,14 @@ def resolve(recipe: Recipe, facts: DataFacts) -> Resolution:
 LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
 
-def length_rule(p: Proposals, quantile: float, cap: int, source: str) -> None:
+def length_rule(p: Proposals, quantile: float, cap: int, source: str, room: int = 0) -> None:
     """training.max_length: the smallest of LENGTH_BUCKETS that holds `quantile` of the
-    training inputs (longer ones are truncated and counted in run.json), at most `cap` and
-    the model's limit."""
+    training inputs (longer ones are truncated and counted in run.json) plus `room` tokens
+    (a reply generated after the prompt), at most `cap` and the model's limit."""
     lengths = p.facts.lengths
     if not lengths:
         return
-    s = sorted(lengths)
+    s = sorted(n + room for n in lengths)
     q = s[min(len(s) - 1, max(0, math.ceil(quantile * len(s)) - 1))]
     limit = min(cap, p.facts.max_positions or cap)
     value = next((b for b in LENGTH_BUCKETS if b >= q), LENGTH_BUCKETS[-1])
@@ -242,7 +242,9 @@ def length_rule(p: Proposals, quantile: float, cap: int, source: str) -> None:
         "training.max_length",
         value,
         f"{kept:.1%} of the {len(s):,} training inputs fit (the {quantile:.1%} quantile is "
-        f"{q} tokens; longer ones are truncated and counted)",
+        f"{q} tokens"
+        + (f" with {room} for the generated reply" if room else "")
+        + "; longer ones are truncated and counted)",
         source,
     )
 

@@ -50,15 +50,25 @@ def resolve_paths(
     """Rewrite, in place, the relative paths of a recipe file's raw mapping: the split files
     of a named data set into its folder under the data directory; every other path against
     the recipe file's folder. A model path is resolved only where it names an existing
-    folder there (`org/name` is a hub id). `skip`: data fields the command line replaces."""
-    base = recipe_file.resolve().parent
+    file or folder there (`org/name` is a hub id). `skip`: data fields the command line replaces."""
     d = data.get("data")
-    if isinstance(d, dict):
-        for key in (skip or set()) & set(SPLIT_FIELDS):
-            d.pop(key, None)  # replaced by the override after this
+    held: dict[str, Any] = {}
+    if isinstance(d, dict):  # replaced after this: neither looked for nor resolved here
+        held = {k: d.pop(k) for k in (skip or set()) & set(SPLIT_FIELDS) if k in d}
         ds = d.get("dataset")
         if isinstance(ds, dict) and ds.get("name"):
-            _locate_dataset(d, ds, recipe_file, data_dir)
+            _locate_dataset(d, ds, str(recipe_file), data_dir)
+    anchor(data, recipe_file.resolve().parent)
+    if isinstance(d, dict):
+        d.update(held)
+
+
+def anchor(data: dict[str, Any], base: Path) -> None:
+    """Make every relative local path of a raw recipe mapping absolute against `base` (a
+    recipe file's folder; the working directory for flags, `--set` and Python dicts).
+    Stored recipes (run directories, seeds, compare) then read the same from anywhere."""
+    d = data.get("data")
+    if isinstance(d, dict):
         for key in SPLIT_FIELDS:
             if _is_local(d.get(key)):
                 d[key] = _against(base, d[key])
@@ -75,7 +85,7 @@ def resolve_paths(
                 g["path"] = _against(base, g["path"])
     model = data.get("model")
     path = model.get("path") if isinstance(model, dict) else model
-    if _is_local(path) and (base / str(path)).is_dir():
+    if _is_local(path) and (base / str(path)).exists():  # else a hub id such as org/name
         if isinstance(model, dict):
             model["path"] = _against(base, str(path))
         else:
@@ -83,7 +93,7 @@ def resolve_paths(
 
 
 def _locate_dataset(
-    d: dict[str, Any], ds: dict[str, Any], recipe_file: Path, data_dir: str | Path | None
+    d: dict[str, Any], ds: dict[str, Any], source: str, data_dir: str | Path | None
 ) -> None:
     name = str(ds["name"])
     files = [d[k] for k in SPLIT_FIELDS if _is_local(d.get(k))]
@@ -107,7 +117,7 @@ def _locate_dataset(
         if x
     )
     raise DataError(
-        f"{recipe_file}: data set {name!r} not found ({', '.join(files)} in "
+        f"{source}: data set {name!r} not found ({', '.join(files)} in "
         f"{', '.join(str(r / name) for r in dirs)}); download it from {origin or 'its source'}"
         f" (licence: {ds.get('licence') or 'see the source'}) and put {', '.join(files)} in "
         f"{where}/ — or point --data-dir (or {DATA_ENV}) at the folder that holds {name}/"

@@ -29,7 +29,7 @@ from pydantic import (
 from finekit.data.readers import HF_SPLITS  # split names inside an HF DatasetDict
 from finekit.errors import RecipeError, RegistryError
 from finekit.recipe.auto import AUTO, Auto
-from finekit.recipe.paths import resolve_paths
+from finekit.recipe.paths import anchor, resolve_paths
 
 if TYPE_CHECKING:
     from finekit.recipe.auto import Proposals
@@ -586,18 +586,23 @@ class Recipe(Section):
         path: str | Path,
         overrides: list[str] | None = None,
         data_dir: str | Path | None = None,
+        replaced: set[str] | None = None,
     ) -> Recipe:
         """Read a YAML recipe; `overrides` are `dotted.field=value` strings (like --set).
         Relative paths in the file resolve against its folder; a named data set's files
-        are found under `data_dir` (else FINEKIT_DATA, else ~/.cache/finekit/data)."""
+        are found under `data_dir` (else FINEKIT_DATA, else ~/.cache/finekit/data).
+        `replaced`: data fields the caller sets afterwards (command-line flags)."""
         p = Path(path)
         data = read_yaml(p)
         if isinstance(data, dict):
             data.setdefault("name", p.stem)
             # Paths given as overrides are the command line's (the working directory's).
             given = apply_overrides({}, overrides or []).get("data", {})
-            resolve_paths(data, p, data_dir, skip=set(given) if isinstance(given, dict) else set())
+            skip = (set(given) if isinstance(given, dict) else set()) | (replaced or set())
+            resolve_paths(data, p, data_dir, skip=skip)
         data = apply_overrides(data, overrides or [])
+        if isinstance(data, dict):
+            anchor(data, Path.cwd())  # --set paths: the working directory's
         return cls.from_dict(data, source=str(p))
 
     def to_dict(self) -> dict[str, Any]:

@@ -368,6 +368,7 @@ def _tune_section(run_dir: Path) -> str:
     if not path.is_file():
         return ""
     rec = json.loads(path.read_text(encoding="utf-8"))
+    default = rec.get("default_value")
     rows = [
         [
             t["number"],
@@ -382,8 +383,8 @@ def _tune_section(run_dir: Path) -> str:
     return (
         f"<p>{len(rec['trials'])} trials ({esc(rec['sampler'])}); validation "
         f"{esc(rec['metric'])}: best {rec['best_value']:.4f} (trial {rec['best_trial']}) vs "
-        f"{rec['default_value']:.4f} with the auto settings. The test split was not read "
-        "while choosing.</p>"
+        + ("n/a" if default is None else f"{default:.4f}")
+        + " with the auto settings. The test split was not scored while choosing.</p>"
         + (figure_from_file(plot, "validation score per trial") if plot.is_file() else "")
         + table(["trial", "origin", f"validation {rec['metric']}", "settings", "s"], rows)
     )

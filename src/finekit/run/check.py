@@ -70,7 +70,9 @@ def check(r: Recipe) -> CheckResult:
     if n == 0:
         raise DataError(f"{r.data.train}: no training examples after the checks")
     enc = s.task.encode(splits.train.iloc[:n], s.loaded.processor, "check")
-    batch: dict[str, Any] = s.task.collator(s.loaded.processor)([enc[i] for i in range(len(enc))])
+    # One batch (an LM corpus row is a whole document of many blocks: take the first few).
+    items = [enc[i] for i in range(min(n, len(enc)))]
+    batch: dict[str, Any] = s.task.collator(s.loaded.processor)(items)
     model = s.model
     model.train()
     loss = s.task.loss(model, batch)

@@ -18,8 +18,16 @@ from typing import Any
 from finekit.errors import RecipeError
 from finekit.evaluate.metrics import headline
 from finekit.recipe import Recipe, deep_merge
+from finekit.recipe.paths import anchor
 from finekit.run import stages
-from finekit.rundir import check_run_dir, create_run_dir, mark_failed
+from finekit.rundir import (
+    RUN_JSON,
+    check_run_dir,
+    create_run_dir,
+    mark_failed,
+    read_json,
+    write_json,
+)
 from finekit.train.distributed import process_state
 
 log = logging.getLogger("finekit")
@@ -53,7 +61,9 @@ def make_recipe(
         base = recipe
     else:
         base = Recipe.from_yaml(recipe).to_dict()
-    return Recipe.from_dict(deep_merge(base, sections), source="finetune()")
+    merged = deep_merge(base, sections)
+    anchor(merged, Path.cwd())  # paths of flags and dicts: the working directory's, stored absolute
+    return Recipe.from_dict(merged, source="finetune()")
 
 
 def finetune(
@@ -83,6 +93,10 @@ def finetune(
     # 2. Only now the run directory is made (by one process; the others wait for it).
     if proc.is_main_process and not resume:
         create_run_dir(r, run_dir)
+        run = read_json(run_dir / RUN_JSON)
+        write_json(run_dir / RUN_JSON, {**run, "auto": setup.auto.to_json()})
+    elif resume:
+        setup.auto_json = read_json(run_dir / RUN_JSON).get("auto")
     proc.wait_for_everyone()
     handler = stages.log_to(run_dir / "train.log") if proc.is_main_process else None
     if proc.is_main_process and not resume:  # once per run, console and train.log

@@ -82,6 +82,9 @@ class Setup:
     replay: Any = None  # data.replay rows (a DataFrame), read and checked by the task
     # evaluation.edge_cases / evaluation.guard rows by split name, checked by the task
     eval_sets: dict[str, Any] = field(default_factory=dict)
+    # run.json's `auto` when it is not this setup's: a resumed run keeps its first record
+    # (its stored recipe is already resolved, so nothing is `auto` the second time).
+    auto_json: dict[str, Any] | None = None
 
 
 def setup(r: Recipe) -> Setup:
@@ -644,7 +647,7 @@ def record(
         task=r.task.name,
         method=r.method.name,
         metrics=metrics,
-        auto=s.auto.to_json(),
+        auto=s.auto_json or s.auto.to_json(),
         train=TrainRecord(
             seconds=round(sm.seconds, 2),
             samples_per_second=round(sm.samples_per_second, 2),

@@ -127,8 +127,8 @@ class ChatConfig(TaskConfig):
         p.propose("training.head_lr", None, "no new head: the LM head is pre-trained", src)
         p.propose("training.warmup_ratio", 0.05, "short warm-up (5% of steps)", src)
         # Every conversation whole (a cut one loses its last replies, which are what is
-        # learned and scored), within 1024 tokens.
-        length_rule(p, 1.0, 1024, f"{src} (512: no conversation cut)")
+        # learned and scored) and room for a generated reply, within 1024 tokens.
+        length_rule(p, 1.0, 1024, f"{src} (512: no conversation cut)", room=self.max_new_tokens)
         # ~2 passes (support-bot: 120 steps over ~450 dialogs at batch 8); evaluation
         # generates replies, so at most ~4 per run; the loss keeps falling: no early stop.
         schedule_rule(p, floor_steps=100, min_epochs=2, source=src, evaluations=4, small=0)
