@@ -150,8 +150,9 @@ def setup(r: Recipe) -> Setup:
 
 def resolve_auto(r: Recipe) -> Resolution:
     """What `auto` chooses for this recipe on its data, without training: the data read and
-    prepared, the model loaded (for its size and limits). `finekit check` and the compare
-    ladder's baselines use it; a run resolves inside `setup`."""
+    prepared, the model loaded (for its size and limits). The compare ladder and
+    --auto-tune use it before their runs; a run (and `finekit check`) resolves inside
+    `setup`, which keeps these intermediate objects."""
     provisional = auto.with_fallbacks(r)
     task = build_task(provisional.task)
     caps = capabilities(task)
